@@ -1,0 +1,109 @@
+"""MLflow helpers shared by every stage: one experiment per study, stage-named runs,
+git commit and data hashes on every run.
+
+The default store is ``sqlite:///<repo>/mlflow.db`` (MLflow 3 refuses a bare ./mlruns
+file store); ``MLFLOW_TRACKING_URI`` overrides it, e.g. with a team server.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import mlflow  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_hash(paths: Iterable[str | os.PathLike]) -> str:
+    """sha256 over the bytes of the given files (directories: every file inside, sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.name).encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@contextmanager
+def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
+                data_paths: Iterable[str | os.PathLike] = (), nested: bool = False,
+                tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open an MLflow run in experiment ``study`` named ``stage``.
+
+    Logs the git commit, a hash of each data path read, and the flattened params.
+    A nested run (an Optuna trial, say) hangs under the active run.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    if not nested:
+        mlflow.set_experiment(study)
+    run_tags = {"git_commit": git_commit(), "stage": stage, **(tags or {})}
+    with mlflow.start_run(run_name=stage, nested=nested, tags=run_tags) as run:
+        if params:
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        for path in data_paths:
+            if Path(path).exists():
+                mlflow.log_param(f"data_hash.{Path(path).name}", data_hash([path]))
+        yield run
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    mlflow.log_dict(obj if isinstance(obj, (dict, list)) else json.loads(json.dumps(obj)), artifact_file)
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_table(frame, artifact_file: str) -> None:
+    """Log a pandas DataFrame as a CSV artifact (long format tables of effects, say)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent) if Path(artifact_file).parent != Path(".") else None)
+
+
+def log_tensors(tensors: Mapping[str, Any], artifact_file: str) -> None:
+    """Log a dict of tensors as one safetensors artifact."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        parent = Path(artifact_file).parent
+        mlflow.log_artifact(str(path), artifact_path=str(parent) if parent != Path(".") else None)
