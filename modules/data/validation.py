@@ -1,0 +1,378 @@
+"""Great Expectations checks for the propositional-logic dataset splits.
+
+One suite per split (schema, nulls, unique ids, proportions, solver-checked answers) and
+two cross-split suites (ids unique over all splits, no prompt shared between splits).
+GX runs in an ephemeral context, so a run leaves only the Data Docs site and a JSON summary.
+
+    report = validate_logic_splits({"train": p1, "val": p2, "test": p3},
+                                   {"logop_share": 0.5, "operators": ["and", "or"],
+                                    "depth": 3, "tolerance": 0.05}, Path("reports/data_docs"))
+    raise_on_failure(report)   # DataValidationError with a one-line message
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402
+import pandas as pd  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+# The dataset contract: column -> pandas dtype name as read back from Parquet.
+COLUMNS: dict[str, str] = {
+    "id": "str", "split": "str", "depth": "int64", "operator": "str", "query_chain": "str",
+    "query_var": "str", "linear_source": "str", "linear_value": "bool",
+    "logop_source_a": "str", "logop_value_a": "bool", "logop_source_b": "str",
+    "logop_value_b": "bool", "source_truth": "str", "derivable": "bool", "prompt": "str",
+    "answer": "str", "nl_prompt": "str", "nl_answer": "str",
+}
+OPERATORS = ("and", "or")
+QUERY_CHAINS = ("logop", "linear")
+CROSS_IDS, CROSS_PROMPTS = "all_splits_ids", "all_splits_prompts"
+MAX_EXAMPLES = 5  # unexpected values kept per expectation in the summary
+EXPECTED_KWARGS = ("type_", "value_set", "min_value", "max_value", "column_list")
+
+
+class DataValidationError(Exception):
+    """A dataset split violated an expectation; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ValidationParams:
+    logop_share: float            # expected share of rows querying the logical-operator chain
+    operators: tuple[str, ...]    # operators in use, expected in equal shares
+    depths: tuple[int, ...]       # depths in use, expected in equal shares
+    tolerance: float = 0.05       # allowed absolute deviation of every share
+
+    def __post_init__(self):
+        if not 0.0 <= self.logop_share <= 1.0:
+            raise ValueError(f"logop_share must be in [0, 1], got {self.logop_share}")
+        if not 0.0 < self.tolerance <= 1.0:
+            raise ValueError(f"tolerance must be in (0, 1], got {self.tolerance}")
+        if not self.operators or not set(self.operators) <= set(OPERATORS):
+            raise ValueError(f"operators must be a non-empty subset of {OPERATORS}, got {self.operators}")
+        if not self.depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                  for d in self.depths):
+            raise ValueError(f"depth must be a positive int or a list of them, got {self.depths}")
+
+    @classmethod
+    def from_mapping(cls, params: Mapping[str, Any]) -> "ValidationParams":
+        missing = {"logop_share", "operators", "depth"} - set(params)
+        if missing:
+            raise ValueError(f"params is missing {sorted(missing)}; expected logop_share, "
+                             "operators, depth and optionally tolerance")
+        depth = params["depth"]
+        depths = (depth,) if isinstance(depth, int) else tuple(depth)
+        operators = (params["operators"],) if isinstance(params["operators"], str) \
+            else tuple(params["operators"])
+        return cls(float(params["logop_share"]), tuple(dict.fromkeys(operators)),
+                   tuple(sorted(set(depths))), float(params.get("tolerance", 0.05)))
+
+
+@dataclass
+class Outcome:
+    split: str
+    expectation: str              # e.g. "expect_column_values_to_be_unique(id)"
+    success: bool
+    expected: str = ""            # the expectation's bounds or allowed values, for messages
+    observed: Any = None          # observed value, or unexpected count for row-wise checks
+    examples: list = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    outcomes: list[Outcome]
+    rows: dict[str, int]
+    docs_index: Path
+    summary_path: Path
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.success]
+
+
+def raise_on_failure(report: ValidationReport) -> None:
+    failures = report.failures()
+    if not failures:
+        return
+    first = failures[0]
+    detail = first.error or f"observed {_short(first.observed)}"
+    if first.expected:
+        detail += f", expected {first.expected}"
+    if first.examples:
+        detail += f", e.g. {_short(first.examples[0])}"
+    more = f" (+{len(failures) - 1} more failing expectations)" if len(failures) > 1 else ""
+    raise DataValidationError(f"data validation failed: split '{first.split}' expectation "
+                              f"{first.expectation}: {detail}{more}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ---- suites -----------------------------------------------------------------------------------
+
+def _share_bounds(share: float, tolerance: float) -> dict[str, float]:
+    return {"min_value": max(0.0, share - tolerance), "max_value": min(1.0, share + tolerance)}
+
+
+def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expectation]:
+    """Expectations for one split, run on the frame returned by `with_check_columns`."""
+    checks: list[gxe.Expectation] = [gxe.ExpectTableColumnsToMatchOrderedList(
+        column_list=[*COLUMNS, *check_columns(params)],
+        notes="dataset columns followed by the computed check columns")]
+    for column, dtype in COLUMNS.items():
+        checks.append(gxe.ExpectColumnTypeToBe(column=column, type_=dtype))
+        checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    checks += [
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[split]),
+        gxe.ExpectColumnValuesToBeInSet(column="operator", value_set=list(params.operators)),
+        gxe.ExpectColumnValuesToBeInSet(column="query_chain", value_set=list(QUERY_CHAINS)),
+        gxe.ExpectColumnValuesToBeInSet(column="depth", value_set=list(params.depths)),
+        gxe.ExpectColumnMeanToBeBetween(
+            column="is_logop_query", **_share_bounds(params.logop_share, params.tolerance),
+            notes="share of rows whose query sits on the logical-operator chain"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="answer", column_B="solver_answer",
+            notes="solver_answer comes from an independent forward-chaining solver"),
+    ]
+    for op in params.operators:
+        checks.append(gxe.ExpectColumnMeanToBeBetween(
+            column=f"is_op_{op}", **_share_bounds(1 / len(params.operators), params.tolerance),
+            notes=f"share of rows using operator '{op}'"))
+    for depth in params.depths:
+        checks.append(gxe.ExpectColumnMeanToBeBetween(
+            column=f"is_depth_{depth}", **_share_bounds(1 / len(params.depths), params.tolerance),
+            notes=f"share of rows of depth {depth}"))
+    return checks
+
+
+def cross_split_expectations() -> dict[str, list[gxe.Expectation]]:
+    return {
+        CROSS_IDS: [gxe.ExpectColumnValuesToBeUnique(
+            column="id", notes="ids are unique over the concatenation of all splits")],
+        CROSS_PROMPTS: [gxe.ExpectColumnValuesToBeUnique(
+            column="prompt", notes="each split's distinct prompts, concatenated: a repeat "
+                                   "is a prompt shared by two splits (a leak)")],
+    }
+
+
+def check_columns(params: ValidationParams) -> list[str]:
+    return ["solver_answer", "is_logop_query", *(f"is_op_{op}" for op in params.operators),
+            *(f"is_depth_{d}" for d in params.depths)]
+
+
+def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.DataFrame:
+    """Copy of `frame` plus the columns the proportion and answer expectations read.
+
+    A missing source column leaves its check column null, so the dependent expectations
+    fail rather than the run crashing.
+    """
+    from modules.data.logic import solve_compact
+
+    out = frame.copy()
+    prompts = frame["prompt"] if "prompt" in frame else pd.Series(None, index=frame.index)
+    answers = {p: solve_compact(p) for p in prompts.dropna().unique()}
+    out["solver_answer"] = prompts.map(answers).astype(object)
+
+    def indicator(column: str, value: Any) -> pd.Series:
+        if column not in frame:
+            return pd.Series(None, index=frame.index, dtype=object)
+        return frame[column] == value
+
+    out["is_logop_query"] = indicator("query_chain", "logop")
+    for op in params.operators:
+        out[f"is_op_{op}"] = indicator("operator", op)
+    for depth in params.depths:
+        out[f"is_depth_{depth}"] = indicator("depth", depth)
+    return out
+
+
+def cross_split_frames(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Concatenations over splits; `split` is the file's split name, not the column."""
+    def column(frame: pd.DataFrame, name: str) -> pd.Series:
+        return frame[name].astype(object) if name in frame else pd.Series(None, index=frame.index)
+
+    ids = pd.concat([pd.DataFrame({"split": name, "id": column(f, "id")})
+                     for name, f in frames.items()], ignore_index=True)
+    prompts = pd.concat([pd.DataFrame({"split": name, "prompt": column(f, "prompt")})
+                         .dropna().drop_duplicates("prompt") for name, f in frames.items()],
+                        ignore_index=True)
+    return {CROSS_IDS: ids, CROSS_PROMPTS: prompts}
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def _read_split(name: str, path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"split '{name}': no such Parquet file {path}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"split '{name}': cannot read Parquet file {path}: {exc}") from exc
+
+
+def _check_docs_dir(docs_dir: Path) -> None:
+    # The old site is replaced wholesale, so refuse a directory that is not one.
+    if docs_dir.exists() and (not docs_dir.is_dir() or
+                              (any(docs_dir.iterdir()) and not (docs_dir / "index.html").exists())):
+        raise ValueError(f"docs_dir {docs_dir} exists and is not a Data Docs site; "
+                         "give an empty or new directory")
+
+
+def _context(site_dir: Path):
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # Replace the default site (a fresh temp dir) so docs land only in site_dir.
+    context.update_data_docs_site("local_site", {
+        "class_name": "SiteBuilder", "show_how_to_buttons": False,
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str(site_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    return context
+
+
+def _outcome(split: str, result) -> Outcome:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    target = kwargs.get("column") or ", ".join(
+        str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs) or "table"
+    info = result.to_json_dict()
+    res, exc = info.get("result") or {}, info.get("exception_info") or {}
+    if "observed_value" in res:
+        observed = res["observed_value"]
+    elif "unexpected_count" in res:
+        observed = {"unexpected_count": res["unexpected_count"],
+                    "element_count": res.get("element_count")}
+    else:
+        observed = None
+    expected = ", ".join(f"{k}={_short(kwargs[k], 60)}" for k in EXPECTED_KWARGS if k in kwargs)
+    return Outcome(split=split, expectation=f"{config.type}({target})", success=bool(result.success),
+                   expected=expected, observed=_plain(observed),
+                   examples=_examples(res),
+                   error=exc.get("exception_message") if exc.get("raised_exception") else None)
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars -> Python, so the summary is plain JSON and messages read cleanly.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+def _examples(result: dict) -> list:
+    # Index entries carry the unexpected value plus the unexpected_index_column_names (split).
+    indexed = [e for e in result.get("partial_unexpected_index_list") or [] if isinstance(e, dict)]
+    return _plain((indexed or list(result.get("partial_unexpected_list") or []))[:MAX_EXAMPLES])
+
+
+def _validate(context, batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expectation], dict]]
+              ) -> list[Outcome]:
+    """One checkpoint per batch (each needs its own dataframe); each updates the Data Docs."""
+    source = context.data_sources.add_pandas("logic")
+    outcomes: list[Outcome] = []
+    for name, (frame, expectations, result_format) in batches.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"logic_{name}",
+                                                       expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate_{name}", data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"checkpoint_{name}", validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format=result_format))
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        for run_result in result.run_results.values():
+            outcomes += [_outcome(name, r) for r in run_result.results]
+    return outcomes
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def validate_logic_splits(split_paths: Mapping[str, Path], params: Mapping[str, Any] | ValidationParams,
+                          docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
+    """Validate every split file, rebuild the Data Docs site at `docs_dir` and write a JSON
+    summary (default `docs_dir/validation_summary.json`). Never raises on a data violation:
+    check `report.success` or call `raise_on_failure`."""
+    if not split_paths:
+        raise ValueError("split_paths is empty; give at least one split name -> Parquet path")
+    params = params if isinstance(params, ValidationParams) else ValidationParams.from_mapping(params)
+    docs_dir = Path(docs_dir)
+    summary_path = Path(summary_path) if summary_path else docs_dir / "validation_summary.json"
+    _check_docs_dir(docs_dir)
+    frames = {name: _read_split(name, path) for name, path in split_paths.items()}
+
+    summary_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
+    batches = {name: (with_check_columns(frame, params), split_expectations(name, params),
+                      summary_format) for name, frame in frames.items()}
+    # Cross-split failures name the split and id of each offending row.
+    cross_format = {**summary_format, "unexpected_index_column_names": ["split"]}
+    cross = cross_split_frames(frames)
+    for name, expectations in cross_split_expectations().items():
+        batches[name] = (cross[name], expectations, cross_format)
+
+    docs_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=docs_dir.parent, prefix=f".{docs_dir.name}.new-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the site is meant to be shared
+    try:
+        outcomes = _validate(_context(staging), batches)
+        _replace_dir(staging, docs_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
+                              rows={name: len(f) for name, f in frames.items()},
+                              docs_index=docs_dir / "index.html", summary_path=summary_path)
+    _write_json_atomic(summary_path, summary_dict(report, params))
+    return report
+
+
+def summary_dict(report: ValidationReport, params: ValidationParams) -> dict:
+    splits: dict[str, dict] = {}
+    for outcome in report.outcomes:
+        entry = splits.setdefault(outcome.split, {"success": True, "expectations": []})
+        entry["success"] &= outcome.success
+        item = asdict(outcome)
+        del item["split"]
+        entry["expectations"].append(item)
+    for name, rows in report.rows.items():
+        splits[name]["rows"] = rows
+    return {"success": report.success, "params": asdict(params), "splits": splits,
+            "failures": [f"{o.split}: {o.expectation}" for o in report.failures()]}
