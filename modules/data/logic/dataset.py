@@ -1,0 +1,190 @@
+"""Deterministic dataset splits, Parquet writing, few-shot prompts and
+query-flip counterfactual pairs. See docs/logic_format.md.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from modules.data.logic.generator import Problem, check_params, sample_problem
+from modules.data.logic.syntax import (OPERATORS, compact_answer, compact_prompt, few_shot_prompt,
+                                       natural_answer, natural_prompt, UNDETERMINED)
+
+SCHEMA = pa.schema([
+    ("id", pa.string()), ("split", pa.string()), ("depth", pa.int64()), ("operator", pa.string()),
+    ("query_chain", pa.string()), ("query_var", pa.string()),
+    ("linear_source", pa.string()), ("linear_value", pa.bool_()),
+    ("logop_source_a", pa.string()), ("logop_value_a", pa.bool_()),
+    ("logop_source_b", pa.string()), ("logop_value_b", pa.bool_()),
+    ("source_truth", pa.string()), ("derivable", pa.bool_()),
+    ("prompt", pa.string()), ("answer", pa.string()), ("nl_prompt", pa.string()), ("nl_answer", pa.string()),
+])
+COLUMNS = tuple(SCHEMA.names)
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _rng(seed: int, stream: str) -> random.Random:
+    # str seeds are hashed with SHA-512: stable across processes and platforms.
+    return random.Random(f"logic/{seed}/{stream}")
+
+
+def renderings(problem: Problem) -> dict[str, str]:
+    st, proof = problem.statement(), problem.proof()
+    return {"prompt": compact_prompt(st), "answer": compact_answer(proof),
+            "nl_prompt": natural_prompt(st), "nl_answer": natural_answer(st, proof)}
+
+
+def problem_row(problem: Problem) -> dict:
+    texts = renderings(problem)
+    return {
+        "operator": problem.operator, "query_chain": problem.query_chain, "query_var": problem.query,
+        "linear_source": problem.linear[0], "linear_value": problem.linear_value,
+        "logop_source_a": problem.branch_a[0], "logop_value_a": problem.value_a,
+        "logop_source_b": problem.branch_b[0], "logop_value_b": problem.value_b,
+        "source_truth": problem.source_truth, "derivable": texts["answer"] != UNDETERMINED,
+        **texts,
+    }
+
+
+def _check_sizes(sizes: dict[str, int]) -> None:
+    if not isinstance(sizes, dict) or not sizes:
+        raise ValueError(f"sizes must be a non-empty dict of split name -> positive int, got {sizes!r}")
+    for name, n in sizes.items():
+        if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name):
+            raise ValueError(f"sizes: split name must match [A-Za-z0-9_-]+, got {name!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sizes[{name!r}] must be an int >= 1, got {n!r}")
+
+
+def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_share: float = 0.8,
+                    operators: Sequence[str] = OPERATORS) -> dict[str, pd.DataFrame]:
+    """Disjoint splits of distinct problems (distinct by compact prompt).
+
+    Each split draws from its own seeded stream. Splits are filled smallest
+    first, and a problem already taken is redrawn, so held-out splits do not
+    change when a larger training split is resized.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_params(depth, logop_share, operators)
+    _check_sizes(sizes)
+    taken: set[str] = set()
+    frames = {}
+    for split in sorted(sizes, key=lambda s: (sizes[s], s)):
+        rng, rows, attempts = _rng(seed, split), [], 0
+        while len(rows) < sizes[split]:
+            attempts += 1
+            if attempts > 20 * sizes[split] + 1000:
+                raise ValueError(f"sizes[{split!r}]={sizes[split]} is more distinct problems than "
+                                 f"depth={depth}, operators={list(operators)} can supply")
+            row = problem_row(sample_problem(rng, depth, logop_share, operators))
+            if row["prompt"] in taken:
+                continue
+            taken.add(row["prompt"])
+            rows.append({"id": f"logic-d{depth}-s{seed}-{split}-{len(rows):07d}", "split": split,
+                         "depth": depth, **row})
+        frames[split] = _frame(rows)
+    return {split: frames[split] for split in sizes}
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pa.Table.from_pylist(rows, schema=SCHEMA).to_pandas()
+
+
+def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", compression_level=3)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_splits(frames: dict[str, pd.DataFrame], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write `<split>.parquet` per frame, atomically, with deterministic bytes."""
+    out = Path(out_dir)
+    tables = {}
+    for split, frame in frames.items():
+        if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+            raise ValueError(f"frames: split name must match [A-Za-z0-9_-]+, got {split!r}")
+        if tuple(frame.columns) != COLUMNS:
+            raise ValueError(f"frames[{split!r}] columns must be exactly {list(COLUMNS)}, got {list(frame.columns)}")
+        # Our own schema, without pandas metadata, keeps bytes independent of dtypes and index.
+        tables[split] = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False).replace_schema_metadata()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, table in tables.items():
+        paths[split] = out / f"{split}.parquet"
+        _atomic_write_parquet(table, paths[split])
+    return paths
+
+
+def read_split(path: str | os.PathLike) -> pd.DataFrame:
+    return pq.read_table(path, schema=SCHEMA).to_pandas()
+
+
+def few_shot_prompts(nl_prompts: Sequence[str], pool: pd.DataFrame, k: int = 4, seed: int = 0) -> list[str]:
+    """For each NL problem, k solved examples drawn from `pool` (rows with
+    nl_prompt / nl_answer, never the problem itself), then the problem."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(pool):
+        raise ValueError(f"k must be an int in [0, {len(pool) - 1}] (pool has {len(pool)} rows), got {k!r}")
+    shots = list(zip(pool["nl_prompt"], pool["nl_answer"]))
+    rng = _rng(seed, "few-shot")
+    out = []
+    for prompt in nl_prompts:
+        chosen = [s for s in rng.sample(shots, k + 1) if s[0] != prompt][:k]
+        out.append(few_shot_prompt(chosen, prompt))
+    return out
+
+
+def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
+                        exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """Query-flip counterfactual pairs: identical rules and facts, the query
+    is the LogOp chain's end in one and the linear chain's end in the other.
+
+    Operator OR; exactly one LogOp source and the linear source are true, so
+    the first proof variable is the true LogOp source vs the linear source.
+    Both NL prompts share the same k solved examples. Neither prompt of a pair
+    is in `exclude` (compact prompts, e.g. the training split).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_params(depth, 0.5, ["or"])
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    taken = set(exclude)
+    rng, rows = _rng(seed, f"flip-pairs-d{depth}"), []
+    while len(rows) < n:
+        a_true = rng.random() < 0.5
+        base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True))
+        pair = {chain: replace(base, query_chain=chain) for chain in ("logop", "linear")}
+        texts = {chain: renderings(p) for chain, p in pair.items()}
+        if texts["logop"]["prompt"] in taken or texts["linear"]["prompt"] in taken:
+            continue
+        taken.update(t["prompt"] for t in texts.values())
+        shots, rules_facts = [], texts["logop"]["prompt"].split(" query ")[0]
+        while len(shots) < k:  # default mix of operators and queries, never the pair's own rules and facts
+            shot = renderings(sample_problem(rng, depth))
+            if shot["prompt"].split(" query ")[0] != rules_facts:
+                shots.append((shot["nl_prompt"], shot["nl_answer"]))
+        row = {"pair_id": f"flip-d{depth}-s{seed}-{len(rows):07d}", "depth": depth}
+        for chain, t in texts.items():
+            row |= {f"prompt_{chain}": t["prompt"], f"answer_{chain}": t["answer"],
+                    f"nl_prompt_{chain}": few_shot_prompt(shots, t["nl_prompt"]),
+                    f"nl_answer_{chain}": t["nl_answer"], f"query_{chain}": pair[chain].query,
+                    f"first_{chain}": pair[chain].proof()[0]}
+        rows.append(row)
+    return pd.DataFrame(rows)
