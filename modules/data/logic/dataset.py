@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modules.data.logic.generator import Problem, check_params, sample_problem
-from modules.data.logic.syntax import (OPERATORS, compact_answer, compact_prompt, few_shot_prompt,
-                                       natural_answer, natural_prompt, UNDETERMINED)
+from modules.data.logic.syntax import (OPERATORS, UNDETERMINED, compact_answer, compact_prompt,
+                                       few_shot_prompt, natural_answer, natural_prompt)
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("split", pa.string()), ("depth", pa.int64()), ("operator", pa.string()),
