@@ -1,0 +1,184 @@
+"""Dataset splits, Parquet bytes, proportions, parameter errors, few-shot prompts, flip pairs."""
+import pandas as pd
+import pytest
+
+from modules.data.logic import (COLUMNS, MAX_DEPTH, few_shot_prompts, generate_flip_pairs, generate_splits,
+                                parse_compact_prompt, read_split, solve_compact, solve_natural, write_splits)
+
+SIZES = {"train": 600, "val": 100, "test": 200}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return generate_splits(11, SIZES, depth=3)
+
+
+def _bytes(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_columns_ids_and_types(frames, tmp_path):
+    for split, frame in frames.items():
+        assert tuple(frame.columns) == COLUMNS
+        assert len(frame) == SIZES[split] and frame.id.is_unique and (frame.split == split).all()
+        assert frame.id.iloc[0] == f"logic-d3-s11-{split}-0000000"
+    read = read_split(write_splits(frames, tmp_path)["val"])
+    pd.testing.assert_frame_equal(read, frames["val"])
+    plain = pd.read_parquet(tmp_path / "val.parquet")
+    assert {c: str(t) for c, t in plain.dtypes.items()} == {
+        c: ("int64" if c == "depth" else "bool" if c in ("linear_value", "logop_value_a", "logop_value_b",
+                                                          "derivable") else "str") for c in COLUMNS}
+
+
+def test_parquet_bytes_deterministic(frames, tmp_path):
+    write_splits(frames, tmp_path / "a")
+    write_splits(generate_splits(11, SIZES, depth=3), tmp_path / "b")
+    write_splits(generate_splits(12, SIZES, depth=3), tmp_path / "c")
+    a, b, c = _bytes(tmp_path / "a"), _bytes(tmp_path / "b"), _bytes(tmp_path / "c")
+    assert sorted(a) == ["test.parquet", "train.parquet", "val.parquet"]  # no temp files left
+    assert a == b
+    assert all(a[name] != c[name] for name in a)
+
+
+def test_no_duplicates_within_or_across_splits(frames):
+    prompts = pd.concat([f.prompt for f in frames.values()])
+    assert prompts.is_unique
+    assert pd.concat([f.id for f in frames.values()]).is_unique
+
+
+def test_held_out_splits_stable_when_train_grows(frames):
+    bigger = generate_splits(11, {**SIZES, "train": 900}, depth=3)
+    for split in ("val", "test"):
+        pd.testing.assert_frame_equal(bigger[split], frames[split])
+
+
+def _logop_rules_to_query(st, var):
+    """Rule applications from the sources to `var`, per branch, walking the rules backwards."""
+    rule = next((r for r in st.rules if r.conclusion == var), None)
+    if rule is None:
+        return [0]
+    return [1 + n for p in rule.premises for n in _logop_rules_to_query(st, p)]
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4, 5, MAX_DEPTH])
+def test_problem_structure(depth):
+    frame = generate_splits(3, {"s": 300}, depth=depth, logop_share=0.5)["s"]
+    for row in frame.itertuples():
+        st = parse_compact_prompt(row.prompt)
+        variables = [v for r in st.rules for v in (*r.premises, r.conclusion)]
+        merges = [r for r in st.rules if r.op]
+        assert len(merges) == 1 and merges[0].op == row.operator
+        assert len(set(variables)) == 3 + 2 * depth + (depth - 1) // 2
+        assert {v for v, _ in st.facts} == {row.linear_source, row.logop_source_a, row.logop_source_b}
+        assert {v for v, _ in st.facts} == set(variables) - {r.conclusion for r in st.rules}
+        assert _logop_rules_to_query(st, row.query_var) == ([depth] * (2 if row.query_chain == "logop" else 1))
+        a = next(r for r in st.rules if r.op).premises[0]
+        assert _logop_rules_to_query(st, a) == [(depth - 1) // 2]  # pre-merge implications
+        assert row.logop_source_a in {v for v in variables if _reaches(st, v, a)}
+        assert row.source_truth == "".join("T" if v else "F" for v in (row.logop_value_a, row.logop_value_b)) \
+            + "/" + ("T" if row.linear_value else "F")
+        assert row.derivable == (row.answer != "undetermined")
+
+
+def _reaches(st, source, target):
+    frontier, seen = [source], set()
+    while frontier:
+        v = frontier.pop()
+        seen.add(v)
+        frontier += [r.conclusion for r in st.rules if v in r.premises and r.conclusion not in seen]
+    return target in seen
+
+
+def test_proportions_near_parameters():
+    frame = generate_splits(5, {"s": 20000}, depth=3, logop_share=0.8)["s"]
+    assert abs((frame.query_chain == "logop").mean() - 0.8) < 0.015
+    assert abs((frame.operator == "and").mean() - 0.5) < 0.015
+    for column in ("linear_value", "logop_value_a", "logop_value_b", "derivable"):
+        assert abs(frame[column].mean() - 0.5) < 0.015
+    for op, share in (("or", 0.75), ("and", 0.25)):
+        assert abs(frame[(frame.operator == op) & (frame.query_chain == "logop")].derivable.mean() - share) < 0.02
+    other = generate_splits(5, {"s": 3000}, depth=2, logop_share=0.3, operators=["or"])["s"]
+    assert abs((other.query_chain == "logop").mean() - 0.3) < 0.03 and set(other.operator) == {"or"}
+    assert set(generate_splits(5, {"s": 200}, logop_share=0.0)["s"].query_chain) == {"linear"}
+    assert set(generate_splits(5, {"s": 200}, logop_share=1)["s"].query_chain) == {"logop"}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"depth": -1}, r"depth must be an int in \[2, 9\], got -1"),
+    ({"depth": 1}, r"depth must be an int in \[2, 9\], got 1"),
+    ({"depth": 10}, r"depth must be an int in \[2, 9\], got 10 \(depth 10 needs 27 variables, only 26"),
+    ({"depth": 3.0}, r"depth must be an int"),
+    ({"logop_share": 1.2}, r"logop_share must be a number in \[0, 1\], got 1.2"),
+    ({"logop_share": -0.1}, r"logop_share must be a number in \[0, 1\]"),
+    ({"operators": ["and", "xor"]}, r"operators must be .*\['and', 'or'\], got \['and', 'xor'\]"),
+    ({"operators": []}, r"operators must be a non-empty list"),
+    ({"operators": ["or", "or"]}, r"operators must be .*distinct"),
+    ({"sizes": {"train": 0}}, r"sizes\['train'\] must be an int >= 1, got 0"),
+    ({"sizes": {"train": -5}}, r"sizes\['train'\] must be an int >= 1, got -5"),
+    ({"sizes": {}}, r"sizes must be a non-empty dict"),
+    ({"sizes": {"../x": 5}}, r"sizes: split name must match"),
+    ({"seed": "1"}, r"seed must be an int"),
+])
+def test_bad_parameters(kwargs, match):
+    args = {"seed": 0, "sizes": {"train": 10}, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        generate_splits(**args)
+
+
+def test_write_splits_rejects_bad_frames_and_keeps_old_files(frames, tmp_path):
+    write_splits(frames, tmp_path)
+    before = _bytes(tmp_path)
+    broken = frames["val"].drop(columns=["nl_answer"])
+    with pytest.raises(ValueError, match=r"frames\['val'\] columns must be exactly"):
+        write_splits({"test": frames["val"], "val": broken}, tmp_path)
+    bad_type = frames["val"].assign(depth="three")
+    with pytest.raises(Exception):
+        write_splits({"val": bad_type}, tmp_path)
+    assert _bytes(tmp_path) == before  # nothing half-written, nothing replaced
+
+
+def test_few_shot_prompts(frames):
+    pool, tests = frames["train"], list(frames["test"].nl_prompt[:50])
+    prompts = few_shot_prompts(tests, pool, k=4, seed=1)
+    assert prompts == few_shot_prompts(tests, pool, k=4, seed=1)
+    shots = set(pool.nl_prompt + " " + pool.nl_answer)
+    for text, nl_prompt, nl_answer in zip(prompts, tests, frames["test"].nl_answer):
+        lines = text.split("\n")
+        assert len(lines) == 5 and lines[-1] == nl_prompt and text.endswith("Answer:")
+        assert all(line in shots for line in lines[:4])
+        assert solve_natural(text) == nl_answer
+    own = few_shot_prompts(list(pool.nl_prompt[:20]), pool, k=3)
+    assert all(p.split("\n")[-1] not in p.split("\n")[:-1] for p in own)
+    with pytest.raises(ValueError, match=r"k must be an int in \[0, 599\]"):
+        few_shot_prompts(tests, pool, k=600)
+
+
+def test_flip_pairs(frames):
+    exclude = set(frames["train"].prompt)
+    pairs = generate_flip_pairs(4, 300, depth=3, k=4, exclude=exclude)
+    pd.testing.assert_frame_equal(pairs, generate_flip_pairs(4, 300, depth=3, k=4, exclude=exclude))
+    assert pairs.pair_id.is_unique and len(pairs) == 300
+    assert not (set(pairs.prompt_logop) | set(pairs.prompt_linear)) & exclude
+    for row in pairs.itertuples():
+        logop, linear = row.prompt_logop.split(), row.prompt_linear.split()
+        assert row.prompt_logop.split(" query ")[0] == row.prompt_linear.split(" query ")[0]  # byte-identical
+        assert len(logop) == len(linear) and [i for i, (x, y) in enumerate(zip(logop, linear)) if x != y] \
+            == [len(logop) - 2]
+        st = parse_compact_prompt(row.prompt_logop)
+        assert [r.op for r in st.rules if r.op] == ["or"]
+        assert sorted(t for _, t in st.facts) == [False, True, True]
+        true_sources = {v for v, t in st.facts if t}
+        assert row.first_logop != row.first_linear and {row.first_logop, row.first_linear} == true_sources
+        assert row.answer_logop.split()[0] == row.first_logop and row.answer_linear.split()[0] == row.first_linear
+        assert solve_compact(row.prompt_logop) == row.answer_logop
+        assert solve_compact(row.prompt_linear) == row.answer_linear
+        nl_logop, nl_linear = row.nl_prompt_logop.split("\n"), row.nl_prompt_linear.split("\n")
+        assert len(nl_logop) == 5 and nl_logop[:4] == nl_linear[:4]  # shared solved examples
+        assert nl_logop[-1].replace(f"of {row.query_logop}.", f"of {row.query_linear}.") == nl_linear[-1]
+        assert solve_natural(row.nl_prompt_logop) == row.nl_answer_logop
+        assert solve_natural(row.nl_prompt_linear) == row.nl_answer_linear
+    # Depth 3: the proof's second variable is the merge antecedent whose branch holds the true source.
+    a_true = (pairs.answer_logop.str.split().str[1] == pairs.prompt_logop.str.extract(r"([A-Z]) or")[0]).mean()
+    assert 0.35 < a_true < 0.65  # either LogOp source takes the true role
+    with pytest.raises(ValueError, match=r"n must be an int >= 1"):
+        generate_flip_pairs(0, 0)
