@@ -52,12 +52,12 @@ def test_held_out_splits_stable_when_train_grows(frames):
         pd.testing.assert_frame_equal(bigger[split], frames[split])
 
 
-def _logop_rules_to_query(st, var):
+def _path_lengths(st, var):
     """Rule applications from the sources to `var`, per branch, walking the rules backwards."""
     rule = next((r for r in st.rules if r.conclusion == var), None)
     if rule is None:
         return [0]
-    return [1 + n for p in rule.premises for n in _logop_rules_to_query(st, p)]
+    return [1 + n for p in rule.premises for n in _path_lengths(st, p)]
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4, 5, MAX_DEPTH])
@@ -71,9 +71,9 @@ def test_problem_structure(depth):
         assert len(set(variables)) == 3 + 2 * depth + (depth - 1) // 2
         assert {v for v, _ in st.facts} == {row.linear_source, row.logop_source_a, row.logop_source_b}
         assert {v for v, _ in st.facts} == set(variables) - {r.conclusion for r in st.rules}
-        assert _logop_rules_to_query(st, row.query_var) == ([depth] * (2 if row.query_chain == "logop" else 1))
+        assert _path_lengths(st, row.query_var) == ([depth] * (2 if row.query_chain == "logop" else 1))
         a = next(r for r in st.rules if r.op).premises[0]
-        assert _logop_rules_to_query(st, a) == [(depth - 1) // 2]  # pre-merge implications
+        assert _path_lengths(st, a) == [(depth - 1) // 2]  # pre-merge implications
         assert row.logop_source_a in {v for v in variables if _reaches(st, v, a)}
         assert row.source_truth == "".join("T" if v else "F" for v in (row.logop_value_a, row.logop_value_b)) \
             + "/" + ("T" if row.linear_value else "F")

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modules.data.logic.generator import Problem, check_params, sample_problem
+from modules.data.logic.generator import QUERY_CHAINS, Problem, check_params, sample_problem
 from modules.data.logic.syntax import (OPERATORS, UNDETERMINED, compact_answer, compact_prompt,
                                        few_shot_prompt, natural_answer, natural_prompt)
 
@@ -170,7 +170,7 @@ def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
     while len(rows) < n:
         a_true = rng.random() < 0.5
         base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True))
-        pair = {chain: replace(base, query_chain=chain) for chain in ("logop", "linear")}
+        pair = {chain: replace(base, query_chain=chain) for chain in QUERY_CHAINS}
         texts = {chain: renderings(p) for chain, p in pair.items()}
         if texts["logop"]["prompt"] in taken or texts["linear"]["prompt"] in taken:
             continue

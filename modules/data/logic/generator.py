@@ -56,7 +56,7 @@ class Problem:
     value_a: bool  # truth of branch_a's source
     value_b: bool
     linear_value: bool
-    query_chain: str  # "logop" / "linear"
+    query_chain: str  # one of QUERY_CHAINS
     rule_order: tuple[int, ...]  # written order, as indices into canonical_rules()
     fact_order: tuple[int, ...]  # written order of the facts (a, b, linear)
 
