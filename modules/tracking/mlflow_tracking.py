@@ -60,6 +60,16 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def ensure_experiment(study: str, uri: str) -> None:
+    """Select experiment ``study``; with a local sqlite store its artifacts go to <repo>/mlartifacts."""
+    if mlflow.get_experiment_by_name(study) is None and uri.startswith("sqlite:"):
+        try:
+            mlflow.create_experiment(study, artifact_location=(REPO_ROOT / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # another process created it first
+    mlflow.set_experiment(study)
+
+
 @contextmanager
 def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
                 data_paths: Iterable[str | os.PathLike] = (), nested: bool = False,
@@ -69,9 +79,10 @@ def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
     Logs the git commit, a hash of each data path read, and the flattened params.
     A nested run (an Optuna trial, say) hangs under the active run.
     """
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     if not nested:
-        mlflow.set_experiment(study)
+        ensure_experiment(study, uri)
     run_tags = {"git_commit": git_commit(), "stage": stage, **(tags or {})}
     with mlflow.start_run(run_name=stage, nested=nested, tags=run_tags) as run:
         if params:
@@ -107,3 +118,11 @@ def log_tensors(tensors: Mapping[str, Any], artifact_file: str) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
         parent = Path(artifact_file).parent
         mlflow.log_artifact(str(path), artifact_path=str(parent) if parent != Path(".") else None)
+
+
+def lightning_logger(run: mlflow.ActiveRun):
+    """A Lightning MLFlowLogger that writes into an already open run (curves next to params)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=tracking_uri(), run_id=run.info.run_id,
+                        experiment_name=mlflow.get_experiment(run.info.experiment_id).name)

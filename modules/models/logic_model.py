@@ -1,0 +1,62 @@
+"""The small logic model: a standard HF GPT-2 (3 layers, 3 heads by default).
+
+It is saved with ``save_pretrained`` next to its tokenizer, so ``AutoModelForCausalLM`` and
+``AutoTokenizer`` load the checkpoint like any hub model and the interpretability engine runs
+on it unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from modules.io import atomic_dir
+from modules.models.logic_tokenizer import build_logic_tokenizer
+
+
+class CheckpointError(RuntimeError):
+    """A model directory that is missing or cannot be loaded."""
+
+
+def build_logic_model(n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_positions: int = 128,
+                      dropout: float = 0.0, seed: int = 0) -> GPT2LMHeadModel:
+    import torch
+
+    for key, value, low in (("n_layer", n_layer, 1), ("n_head", n_head, 1), ("n_embd", n_embd, 1),
+                            ("n_positions", n_positions, 8)):
+        if int(value) < low:
+            raise ValueError(f"model.{key} must be an integer >= {low}, got {value}")
+    if n_embd % n_head:
+        raise ValueError(f"model.n_embd ({n_embd}) must be divisible by model.n_head ({n_head})")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+    tokenizer = build_logic_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        n_head=n_head, n_inner=4 * n_embd, resid_pdrop=dropout, embd_pdrop=dropout,
+        attn_pdrop=dropout, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | Path) -> None:
+    """Write a standard HF directory (safetensors weights, config, tokenizer) atomically."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def load_checkpoint(path: str | Path):
+    """Load (model, tokenizer) from a saved HF directory, with a one-line error if it is absent or broken."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"no model checkpoint at {path} (config.json missing)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as error:  # transformers raises many types; the user needs one line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot load model checkpoint at {path}: {first_line}") from None
+    return model.eval(), tokenizer

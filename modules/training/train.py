@@ -1,0 +1,182 @@
+"""Train the logic model with Lightning: resumable checkpoints, early stop at perfect accuracy,
+metrics to MLflow through Lightning's MLFlowLogger attached to an existing run."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from modules.models.logic_model import save_checkpoint
+from modules.models.logic_tokenizer import build_logic_tokenizer
+from modules.training.logic_module import LogicLM
+from modules.training.sequences import EncodedSequences, ShuffledBatches, collate_single, encode
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_layer: int = 3
+    n_head: int = 3
+    n_embd: int = 96
+    dropout: float = 0.0
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    beta2: float = 0.98
+    batch_size: int = 128
+    max_steps: int = 6000
+    val_every: int = 250
+    val_batch_size: int = 1000
+    grad_clip: float = 1.0
+    stop_on_perfect: bool = True
+    perfect_patience: int = 1
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+
+    RANGES = {"n_layer": (1, 48), "n_head": (1, 64), "n_embd": (3, 4096), "lr": (1e-6, 1.0),
+              "weight_decay": (0.0, 10.0), "warmup_frac": (0.0, 0.9), "beta2": (0.5, 0.99999),
+              "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
+              "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
+              "dropout": (0.0, 0.99)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"train: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        config = cls(**params)
+        for key, (low, high) in cls.RANGES.items():
+            value = getattr(config, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"train.{key} must be a number in [{low}, {high}], got {value!r}")
+        if config.n_embd % config.n_head:
+            raise ValueError(f"train.n_embd ({config.n_embd}) must be divisible by train.n_head ({config.n_head})")
+        return config
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PerfectAccuracyStop(Callback):
+    """Record the validation curve and the wall time to the first perfect validation score;
+    stop after ``patience`` perfect validations in a row."""
+
+    def __init__(self, patience: int = 1, stop: bool = True):
+        self.patience, self.stop = patience, stop
+        self.start = time.perf_counter()
+        self.streak = 0
+        self.time_to_perfect: float | None = None
+        self.step_to_perfect: int | None = None
+        self.history: list[dict[str, float]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # After a resume, the clock continues from the time already spent.
+        self.start = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "time_to_perfect": self.time_to_perfect,
+                "step_to_perfect": self.step_to_perfect, "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+        self.time_to_perfect, self.step_to_perfect = state["time_to_perfect"], state["step_to_perfect"]
+        self.streak = state["streak"]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get("val_exact_match")
+        if score is None:
+            return
+        loss = trainer.callback_metrics.get("train_loss")
+        self.history.append({"step": trainer.global_step, "elapsed_s": time.perf_counter() - self.start,
+                             "val_exact_match": float(score),
+                             "train_loss": float(loss) if loss is not None else float("nan")})
+        perfect = float(score) >= 1.0
+        self.streak = self.streak + 1 if perfect else 0
+        if perfect and self.time_to_perfect is None:
+            self.time_to_perfect = time.perf_counter() - self.start
+            self.step_to_perfect = trainer.global_step
+            for logger in trainer.loggers:
+                logger.log_metrics({"time_to_perfect_val_s": self.time_to_perfect,
+                                    "step_to_perfect_val": self.step_to_perfect}, step=trainer.global_step)
+        if self.stop and self.streak >= self.patience:
+            trainer.should_stop = True
+
+
+def encode_frame(tokenizer, frame) -> EncodedSequences:
+    return encode(tokenizer, frame["prompt"].tolist(), frame["answer"].tolist())
+
+
+def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainConfig, seed: int):
+    train_loader = torch.utils.data.DataLoader(
+        ShuffledBatches(train, config.batch_size, seed), batch_size=None, shuffle=False,
+        collate_fn=collate_single)
+    val_loader = torch.utils.data.DataLoader(
+        ShuffledBatches(val, config.val_batch_size, seed, shuffle=False, group_by_prompt_length=True),
+        batch_size=None, shuffle=False, collate_fn=collate_single)
+    return train_loader, val_loader
+
+
+def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence = (),
+                  callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+    all_callbacks = list(callbacks)
+    if ckpt_dir is not None:
+        all_callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True,
+                                             every_n_train_steps=config.val_every, save_top_k=1,
+                                             monitor="val_exact_match", mode="max"))
+    return pl.Trainer(
+        accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+        max_steps=config.max_steps, val_check_interval=config.val_every, check_val_every_n_epoch=None,
+        gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False,
+        enable_checkpointing=ckpt_dir is not None, callbacks=all_callbacks, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        log_every_n_steps=50, default_root_dir=str(ckpt_dir) if ckpt_dir else None)
+
+
+@dataclass
+class TrainResult:
+    module: LogicLM
+    time_to_perfect_val_s: float | None
+    step_to_perfect_val: int | None
+    steps: int
+    wall_s: float
+    val_exact_match: float
+    history: list[dict[str, float]]
+
+
+def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
+                      loggers: Sequence = (), callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Fit a fresh model (or resume from ``ckpt_dir/last.ckpt``) and return it with its timings."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    pl.seed_everything(seed, workers=True, verbose=False)
+    tokenizer = build_logic_tokenizer()
+    train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)
+    n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
+    max_new_tokens = int(max((train.lengths - train.prompt_lengths).max(), (val.lengths - val.prompt_lengths).max()))
+    module = LogicLM(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                     n_positions=n_positions, dropout=config.dropout, lr=config.lr,
+                     weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
+                     max_steps=config.max_steps, max_new_tokens=max_new_tokens, seed=seed)
+    stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
+    trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
+    train_loader, val_loader = make_loaders(train, val, config, seed)
+    resume = ckpt_dir / "last.ckpt" if ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file() else None
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
+    wall = time.perf_counter() - start
+    score = trainer.callback_metrics.get("val_exact_match")
+    return TrainResult(module, stopper.time_to_perfect, stopper.step_to_perfect, trainer.global_step, wall,
+                       float(score) if score is not None else float("nan"), stopper.history)
+
+
+def export_model(module: LogicLM, out_dir: Path) -> None:
+    """Save the trained network as a standard HF directory with its tokenizer."""
+    save_checkpoint(module.model, build_logic_tokenizer(), out_dir)

@@ -1,0 +1,74 @@
+"""Optuna study over training hyper-parameters, pruned through Lightning, one nested MLflow run a trial."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+import optuna
+from optuna_integration import PyTorchLightningPruningCallback
+
+from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
+from modules.training.train import TrainConfig, train_logic_model
+
+# name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
+SPACE_KINDS = {"log_float", "float", "choice"}
+
+
+def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
+    known = set(TrainConfig.RANGES)
+    for name, spec in space.items():
+        if name not in known:
+            raise ValueError(f"tune.space: {name!r} is not a tunable train key; allowed: {sorted(known)}")
+        kind, values = spec.get("kind"), spec.get("values")
+        if kind not in SPACE_KINDS:
+            raise ValueError(f"tune.space.{name}.kind must be one of {sorted(SPACE_KINDS)}, got {kind!r}")
+        if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
+            raise ValueError(f"tune.space.{name}.values must be [low, high] for {kind}, or a non-empty list for choice")
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    chosen = {}
+    for name, spec in space.items():
+        kind, values = spec["kind"], spec["values"]
+        if kind == "choice":
+            chosen[name] = trial.suggest_categorical(name, values)
+        else:
+            chosen[name] = trial.suggest_float(name, float(values[0]), float(values[1]), log=kind == "log_float")
+    return chosen
+
+
+def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Mapping[str, Any]], *,
+              n_trials: int, timeout_s: float | None, storage: str, study_name: str, seed: int,
+              trial_max_steps: int, mlflow_study: str) -> optuna.Study:
+    """Run a study maximising validation exact match until it holds ``n_trials`` finished trials.
+
+    The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a shared RDB for
+    several workers) and is resumed with ``load_if_exists``.
+    """
+    check_space(space)
+    if n_trials < 1:
+        raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+    def objective(trial: optuna.Trial) -> float:
+        config = replace(base, **suggest(trial, space), max_steps=trial_max_steps, stop_on_perfect=True)
+        TrainConfig.from_params(config.as_dict())  # range-check the sampled values
+        with tracked_run(mlflow_study, f"tune-trial-{trial.number}", config.as_dict(), nested=True,
+                         tags={"optuna_study": study_name, "optuna_trial": str(trial.number)}) as run:
+            pruner = PyTorchLightningPruningCallback(trial, monitor="val_exact_match")
+            result = train_logic_model(train_frame, val_frame, config, seed=seed,
+                                       loggers=[lightning_logger(run)], callbacks=[pruner])
+            trial.set_user_attr("steps", result.steps)
+            trial.set_user_attr("wall_s", result.wall_s)
+            return result.val_exact_match
+
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                       optuna.trial.TrialState.PRUNED)]
+    # Resuming an interrupted study runs only the trials still missing from its budget.
+    remaining = n_trials - len(finished)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=())
+    return study

@@ -1,0 +1,40 @@
+"""Wiring shared by the stage entry points: params.yaml access and one-line errors."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGIC_STUDY = "propositional-logic"
+
+
+def params(*keys: str, path: Path = ROOT / "params.yaml") -> Any:
+    """``params("logic", "train")`` -> that section of params.yaml, or a one-line error."""
+    node: Any = yaml.safe_load(path.read_text())
+    for depth, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"params.yaml: missing key {'.'.join(keys[:depth + 1])}")
+        node = node[key]
+    return node
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; expected failures print one line and exit non-zero, without a traceback."""
+    from modules.data.validation import DataValidationError
+    from modules.models.logic_model import CheckpointError
+
+    try:
+        main()
+    except (ValueError, FileNotFoundError, CheckpointError, DataValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; no partial output was kept", file=sys.stderr)
+        sys.exit(130)

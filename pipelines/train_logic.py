@@ -1,0 +1,48 @@
+"""Stage: train the 3-layer logic model for one seed; resumable from its checkpoints."""
+import argparse
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from modules.data.logic import read_split
+from modules.io import atomic_write_text, write_json
+from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
+from modules.training.plots import curve_figure
+from modules.training.train import TrainConfig, export_model, train_logic_model
+from pipelines._stage import LOGIC_STUDY, params, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--data", default="artifacts/logic/data")
+    parser.add_argument("--out", default="artifacts/logic")
+    args = parser.parse_args()
+    settings = dict(params("logic", "train"))
+    settings.pop("seeds")
+    config = TrainConfig.from_params(settings)
+    data, out = Path(args.data), Path(args.out)
+    train_path, val_path = data / "train.parquet", data / "val.parquet"
+    with tracked_run(LOGIC_STUDY, f"train-seed{args.seed}", {**config.as_dict(), "seed": args.seed},
+                     data_paths=[train_path, val_path]) as active:
+        result = train_logic_model(read_split(train_path), read_split(val_path), config, args.seed,
+                                   ckpt_dir=out / "checkpoints" / f"seed{args.seed}",
+                                   loggers=[lightning_logger(active)])
+        summary = {"seed": args.seed, "steps": result.steps, "wall_s": result.wall_s,
+                   "val_exact_match": result.val_exact_match,
+                   "time_to_perfect_val_s": result.time_to_perfect_val_s,
+                   "step_to_perfect_val": result.step_to_perfect_val}
+        curve = pd.DataFrame(result.history)
+        export_model(result.module, out / "models" / f"seed{args.seed}")
+        write_json(summary, out / "train" / f"seed{args.seed}.json")
+        atomic_write_text(out / "train" / f"seed{args.seed}_curve.csv", curve.to_csv(index=False))
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if v is not None and k != "seed"})
+        mlflow.log_figure(curve_figure(curve, f"seed {args.seed}"), "training_curve.png")
+        mlflow.log_artifact(str(out / "train" / f"seed{args.seed}_curve.csv"))
+    print(f"seed {args.seed}: val exact match {result.val_exact_match:.4f} after {result.steps} steps "
+          f"({result.wall_s:.0f} s); model at {out / 'models' / f'seed{args.seed}'}")
+
+
+if __name__ == "__main__":
+    run(main)
