@@ -24,7 +24,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 import pandas as pd  # noqa: E402
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
 
 # The dataset contract: column -> pandas dtype name as read back from Parquet.
 COLUMNS: dict[str, str] = {
@@ -36,6 +37,7 @@ COLUMNS: dict[str, str] = {
 }
 OPERATORS = ("and", "or")
 QUERY_CHAINS = ("logop", "linear")
+UNDETERMINED = "undetermined"  # the compact answer when the query cannot be proved
 CROSS_IDS, CROSS_PROMPTS = "all_splits_ids", "all_splits_prompts"
 MAX_EXAMPLES = 5  # unexpected values kept per expectation in the summary
 EXPECTED_KWARGS = ("type_", "value_set", "min_value", "max_value", "column_list")
@@ -105,7 +107,11 @@ def raise_on_failure(report: ValidationReport) -> None:
     if not failures:
         return
     first = failures[0]
-    detail = first.error or f"observed {_short(first.observed)}"
+    observed = first.observed
+    if isinstance(observed, dict) and "unexpected_count" in observed:
+        detail = f"{observed['unexpected_count']} of {observed['element_count']} values unexpected"
+    else:
+        detail = first.error or f"observed {_short(observed)}"
     if first.expected:
         detail += f", expected {first.expected}"
     if first.examples:
@@ -123,7 +129,8 @@ def _short(value: Any, limit: int = 120) -> str:
 # ---- suites -----------------------------------------------------------------------------------
 
 def _share_bounds(share: float, tolerance: float) -> dict[str, float]:
-    return {"min_value": max(0.0, share - tolerance), "max_value": min(1.0, share + tolerance)}
+    return {"min_value": round(max(0.0, share - tolerance), 9),
+            "max_value": round(min(1.0, share + tolerance), 9)}
 
 
 def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expectation]:
@@ -146,6 +153,9 @@ def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expecta
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="answer", column_B="solver_answer",
             notes="solver_answer comes from an independent forward-chaining solver"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="derivable", column_B="solver_derivable",
+            notes="derivable must agree with whether the solver proves the query"),
     ]
     for op in params.operators:
         checks.append(gxe.ExpectColumnMeanToBeBetween(
@@ -169,7 +179,7 @@ def cross_split_expectations() -> dict[str, list[gxe.Expectation]]:
 
 
 def check_columns(params: ValidationParams) -> list[str]:
-    return ["solver_answer", "is_logop_query", *(f"is_op_{op}" for op in params.operators),
+    return ["solver_answer", "solver_derivable", "is_logop_query", *(f"is_op_{op}" for op in params.operators),
             *(f"is_depth_{d}" for d in params.depths)]
 
 
@@ -179,12 +189,11 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     A missing source column leaves its check column null, so the dependent expectations
     fail rather than the run crashing.
     """
-    from modules.data.logic import solve_compact
-
     out = frame.copy()
     prompts = frame["prompt"] if "prompt" in frame else pd.Series(None, index=frame.index)
-    answers = {p: solve_compact(p) for p in prompts.dropna().unique()}
-    out["solver_answer"] = prompts.map(answers).astype(object)
+    solved = {p: _solve(p) for p in prompts.dropna().unique()}
+    out["solver_answer"] = prompts.map({p: a for p, (a, _) in solved.items()}).astype(object)
+    out["solver_derivable"] = prompts.map({p: d for p, (_, d) in solved.items()}).astype(object)
 
     def indicator(column: str, value: Any) -> pd.Series:
         if column not in frame:
@@ -197,6 +206,18 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     for depth in params.depths:
         out[f"is_depth_{depth}"] = indicator("depth", depth)
     return out
+
+
+def _solve(prompt: str) -> tuple[str, bool | None]:
+    """(solver answer, derivable); an unparseable prompt yields an answer naming the error,
+    so the answer expectation fails on that row instead of the run crashing."""
+    from modules.data.logic import solve_compact
+
+    try:
+        answer = solve_compact(prompt)
+    except ValueError as exc:
+        return f"unsolvable prompt: {exc}", None
+    return answer, answer != UNDETERMINED
 
 
 def cross_split_frames(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -233,16 +254,14 @@ def _check_docs_dir(docs_dir: Path) -> None:
 
 
 def _context(site_dir: Path):
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    # Replace the default site (a fresh temp dir) so docs land only in site_dir.
-    context.update_data_docs_site("local_site", {
-        "class_name": "SiteBuilder", "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                          "base_directory": str(site_dir)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
-    return context
+    site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(site_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={"local_site": site}, progress_bars=ProgressBarsConfig(globally=False))
+    return gx.get_context(mode="ephemeral", project_config=config)
 
 
 def _outcome(split: str, result) -> Outcome:
@@ -251,7 +270,7 @@ def _outcome(split: str, result) -> Outcome:
     target = kwargs.get("column") or ", ".join(
         str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs) or "table"
     info = result.to_json_dict()
-    res, exc = info.get("result") or {}, info.get("exception_info") or {}
+    res = info.get("result") or {}
     if "observed_value" in res:
         observed = res["observed_value"]
     elif "unexpected_count" in res:
@@ -263,7 +282,15 @@ def _outcome(split: str, result) -> Outcome:
     return Outcome(split=split, expectation=f"{config.type}({target})", success=bool(result.success),
                    expected=expected, observed=_plain(observed),
                    examples=_examples(res),
-                   error=exc.get("exception_message") if exc.get("raised_exception") else None)
+                   error=_error(info.get("exception_info") or {}))
+
+
+def _error(info: dict) -> str | None:
+    # Either one {raised_exception, exception_message} record or a dict of them per metric.
+    records = [info] if "raised_exception" in info else list(info.values())
+    messages = [r.get("exception_message") for r in records
+                if isinstance(r, dict) and r.get("raised_exception")]
+    return " ".join(" ".join(str(m).split()) for m in dict.fromkeys(messages)) or None
 
 
 def _plain(value: Any) -> Any:
@@ -278,12 +305,15 @@ def _plain(value: Any) -> Any:
 def _examples(result: dict) -> list:
     # Index entries carry the unexpected value plus the unexpected_index_column_names (split).
     indexed = [e for e in result.get("partial_unexpected_index_list") or [] if isinstance(e, dict)]
-    return _plain((indexed or list(result.get("partial_unexpected_list") or []))[:MAX_EXAMPLES])
+    mismatched = (result.get("details") or {}).get("mismatched") or []  # column-list checks
+    examples = indexed or list(result.get("partial_unexpected_list") or []) or mismatched
+    return _plain(examples[:MAX_EXAMPLES])
 
 
 def _validate(context, batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expectation], dict]]
               ) -> list[Outcome]:
-    """One checkpoint per batch (each needs its own dataframe); each updates the Data Docs."""
+    """One checkpoint per batch (each needs its own dataframe), then one Data Docs build:
+    rendering dominates the run time, so it is done once rather than per checkpoint."""
     source = context.data_sources.add_pandas("logic")
     outcomes: list[Outcome] = []
     for name, (frame, expectations, result_format) in batches.items():
@@ -294,11 +324,14 @@ def _validate(context, batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expect
             gx.ValidationDefinition(name=f"validate_{name}", data=batch, suite=suite))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=f"checkpoint_{name}", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
             result_format=result_format))
         result = checkpoint.run(batch_parameters={"dataframe": frame})
+        # GX returns results in its own order; report them in suite order (schema first).
+        order = {e.id: i for i, e in enumerate(suite.expectations)}
         for run_result in result.run_results.values():
-            outcomes += [_outcome(name, r) for r in run_result.results]
+            ordered = sorted(run_result.results, key=lambda r: order[r.expectation_config.id])
+            outcomes += [_outcome(name, r) for r in ordered]
+    context.build_data_docs()
     return outcomes
 
 
