@@ -213,6 +213,8 @@ def _solve(prompt: str) -> tuple[str, bool | None]:
     so the answer expectation fails on that row instead of the run crashing."""
     from modules.data.logic import solve_compact
 
+    if not isinstance(prompt, str):
+        return f"unsolvable prompt: not a string ({type(prompt).__name__})", None
     try:
         answer = solve_compact(prompt)
     except ValueError as exc:
@@ -391,7 +393,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path], params: Mapping[str, 
         raise
 
     report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
-                              rows={name: len(f) for name, f in frames.items()},
+                              rows={name: len(frame) for name, (frame, _, _) in batches.items()},
                               docs_index=docs_dir / "index.html", summary_path=summary_path)
     _write_json_atomic(summary_path, summary_dict(report, params))
     return report

@@ -48,7 +48,7 @@ def test_clean_splits_pass_and_write_docs_and_summary(tmp_path, frames):
     report = validate_logic_splits(paths, PARAMS, docs)
     assert report.success, [str(o) for o in report.failures()]
     raise_on_failure(report)  # no-op on success
-    assert report.rows == SIZES
+    assert report.rows == {**SIZES, "all_splits_ids": 360, "all_splits_prompts": 360}
 
     assert report.docs_index == docs / "index.html" and report.docs_index.is_file()
     pages = sorted(p.parent.parent.parent.name for p in (docs / "validations").rglob("*.html"))
