@@ -74,11 +74,13 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_manifest(out_dir: Path, cells: Sequence[Hashable], n_shards: int) -> str:
+def _check_manifest(out_dir: Path, cells: Sequence[Hashable], n_shards: int, create: bool = True) -> str:
     """Create or check ``manifest.json`` so shards of another sweep are never mixed in."""
     fingerprint = cells_fingerprint(cells)
     manifest = {"cells_sha256": fingerprint, "n_cells": len(cells), "n_shards": n_shards}
     path = out_dir / "manifest.json"
+    if not path.exists() and not create:
+        raise SweepError(f"no sweep in {out_dir} (manifest.json missing); run its shards first")
     if path.exists():
         found = json.loads(path.read_text())
         if found != manifest:
@@ -143,7 +145,7 @@ def merge_shards(cells: Sequence[Hashable], out_dir: str | os.PathLike, n_shards
     """Concatenate every shard's rows in cell order; a missing or foreign shard is an error."""
     out_dir = Path(out_dir)
     shard_ranges(len(cells), n_shards)
-    fingerprint = _check_manifest(out_dir, cells, n_shards)
+    fingerprint = _check_manifest(out_dir, cells, n_shards, create=False)
     if missing := [i for i in range(n_shards) if not shard_path(out_dir, i, n_shards).exists()]:
         raise SweepError(f"sweep {out_dir}: shards {missing} of {n_shards} are missing; run them before merging")
     parts: dict[str, list[Tensor]] = {}

@@ -89,6 +89,9 @@ def test_foreign_directory_and_bad_results(tmp_path):
     with pytest.raises(SweepError, match="tensor or a non-empty dict"):
         run_shards(CELLS, lambda cells: [1, 2], tmp_path / "c", 3)
     assert not list((tmp_path / "b").glob("*.safetensors"))
+    with pytest.raises(SweepError, match="no sweep in"):
+        merge_shards(CELLS, tmp_path / "never-run", 3)
+    assert not (tmp_path / "never-run").exists()
 
 
 def _worker(rank, world_size, root):
