@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -55,28 +55,35 @@ class ValidationParams:
     tolerance: float = 0.05       # allowed absolute deviation of every share
 
     def __post_init__(self):
-        if not 0.0 <= self.logop_share <= 1.0:
-            raise ValueError(f"logop_share must be in [0, 1], got {self.logop_share}")
-        if not 0.0 < self.tolerance <= 1.0:
-            raise ValueError(f"tolerance must be in (0, 1], got {self.tolerance}")
+        if not _is_number(self.logop_share) or not 0.0 <= self.logop_share <= 1.0:
+            raise ValueError(f"logop_share must be a number in [0, 1], got {self.logop_share!r}")
+        if not _is_number(self.tolerance) or not 0.0 < self.tolerance <= 1.0:
+            raise ValueError(f"tolerance must be a number in (0, 1], got {self.tolerance!r}")
         if not self.operators or not set(self.operators) <= set(OPERATORS):
-            raise ValueError(f"operators must be a non-empty subset of {OPERATORS}, got {self.operators}")
+            raise ValueError(f"operators must be a non-empty subset of {list(OPERATORS)}, "
+                             f"got {list(self.operators)}")
         if not self.depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
                                   for d in self.depths):
-            raise ValueError(f"depth must be a positive int or a list of them, got {self.depths}")
+            raise ValueError(f"depth must be a positive int or a list of them, got {list(self.depths)}")
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> "ValidationParams":
+        """From {logop_share, operators, depth, tolerance?}; depth is an int or a list."""
         missing = {"logop_share", "operators", "depth"} - set(params)
-        if missing:
-            raise ValueError(f"params is missing {sorted(missing)}; expected logop_share, "
-                             "operators, depth and optionally tolerance")
-        depth = params["depth"]
-        depths = (depth,) if isinstance(depth, int) else tuple(depth)
-        operators = (params["operators"],) if isinstance(params["operators"], str) \
-            else tuple(params["operators"])
-        return cls(float(params["logop_share"]), tuple(dict.fromkeys(operators)),
-                   tuple(sorted(set(depths))), float(params.get("tolerance", 0.05)))
+        unknown = set(params) - {"logop_share", "operators", "depth", "tolerance"}
+        if missing or unknown:
+            raise ValueError(f"params must have keys logop_share, operators, depth and optionally "
+                             f"tolerance; missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return cls(params["logop_share"], _distinct(params["operators"]), _distinct(params["depth"]),
+                   params.get("tolerance", 0.05))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _distinct(value: Any) -> tuple:
+    return tuple(dict.fromkeys(value if isinstance(value, (list, tuple)) else (value,)))
 
 
 @dataclass
@@ -179,8 +186,8 @@ def cross_split_expectations() -> dict[str, list[gxe.Expectation]]:
 
 
 def check_columns(params: ValidationParams) -> list[str]:
-    return ["solver_answer", "solver_derivable", "is_logop_query", *(f"is_op_{op}" for op in params.operators),
-            *(f"is_depth_{d}" for d in params.depths)]
+    return ["solver_answer", "solver_derivable", "is_logop_query",
+            *(f"is_op_{op}" for op in params.operators), *(f"is_depth_{d}" for d in params.depths)]
 
 
 def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.DataFrame:
@@ -208,7 +215,7 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     return out
 
 
-def _solve(prompt: str) -> tuple[str, bool | None]:
+def _solve(prompt: object) -> tuple[str, bool | None]:
     """(solver answer, derivable); an unparseable prompt yields an answer naming the error,
     so the answer expectation fails on that row instead of the run crashing."""
     from modules.data.logic import solve_compact
@@ -360,7 +367,8 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def validate_logic_splits(split_paths: Mapping[str, Path], params: Mapping[str, Any] | ValidationParams,
+def validate_logic_splits(split_paths: Mapping[str, Path],
+                          params: Mapping[str, Any] | ValidationParams,
                           docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
     """Validate every split file, rebuild the Data Docs site at `docs_dir` and write a JSON
     summary (default `docs_dir/validation_summary.json`). Never raises on a data violation:
@@ -376,7 +384,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path], params: Mapping[str, 
     summary_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
     batches = {name: (with_check_columns(frame, params), split_expectations(name, params),
                       summary_format) for name, frame in frames.items()}
-    # Cross-split failures name the split and id of each offending row.
+    # Cross-split failures then name the split of each offending row next to its value.
     cross_format = {**summary_format, "unexpected_index_column_names": ["split"]}
     cross = cross_split_frames(frames)
     for name, expectations in cross_split_expectations().items():

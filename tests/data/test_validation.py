@@ -165,11 +165,14 @@ def test_missing_column_fails_schema_check(tmp_path, frames):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({**PARAMS, "logop_share": 1.5}, "logop_share must be in"),
-    ({**PARAMS, "tolerance": 0}, "tolerance must be in"),
+    ({**PARAMS, "logop_share": 1.5}, "logop_share must be a number in"),
+    ({**PARAMS, "tolerance": 0}, "tolerance must be a number in"),
     ({**PARAMS, "operators": ["xor"]}, "operators must be"),
     ({**PARAMS, "depth": 0}, "depth must be"),
-    ({"logop_share": 0.5, "operators": ["or"]}, "params is missing"),
+    ({**PARAMS, "depth": 2.5}, "depth must be"),
+    ({**PARAMS, "logop_share": "high"}, "logop_share must be a number"),
+    ({"logop_share": 0.5, "operators": ["or"]}, r"missing \['depth'\]"),
+    ({**PARAMS, "tolerence": 0.1}, r"unknown \['tolerence'\]"),
 ])
 def test_bad_params_raise_one_line_error(tmp_path, params, message):
     with pytest.raises(ValueError, match=message):
@@ -198,6 +201,6 @@ def test_bad_paths_raise_and_leave_nothing(tmp_path, frames):
 
 def test_params_accept_depth_list_and_reject_bools():
     params = ValidationParams.from_mapping({**PARAMS, "depth": [4, 2, 4]})
-    assert params.depths == (2, 4)
+    assert params.depths == (4, 2) and params.operators == ("and", "or")
     with pytest.raises(ValueError, match="depth must be"):
         ValidationParams.from_mapping({**PARAMS, "depth": True})
