@@ -163,8 +163,9 @@ def train_probes(activations: Tensor, labels: Tensor, *, hidden: int = 0, epochs
         raise ValueError(f"labels must be [n] with n = {x.shape[1]} (activations' example axis), got {tuple(y.shape)}")
     if y.min() < 0 or len(y.unique()) < 2:
         raise ValueError(f"labels must be class ids >= 0 with at least two classes, got {y.unique().tolist()}")
-    if epochs < 1 or hidden < 0:
-        raise ValueError(f"need epochs >= 1 and hidden >= 0, got epochs={epochs}, hidden={hidden}")
+    if epochs < 1 or hidden < 0 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"need epochs >= 1, hidden >= 0 and batch_size None or >= 1, got epochs={epochs}, "
+                         f"hidden={hidden}, batch_size={batch_size}")
     train_idx, test_idx = split_indices(y, test_fraction, seed)
     n_groups, _, d = x.shape
     module = ProbeModule(n_groups, d, int(y.max()) + 1, hidden, lr, weight_decay, seed)

@@ -106,5 +106,7 @@ def test_bad_input():
         train_probes(torch.randn(20), labels)
     with pytest.raises(ValueError, match="epochs >= 1"):
         train_probes(x, labels, epochs=0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        train_probes(x, labels, batch_size=0)
     with pytest.raises(ValueError, match="layers, positions, n, d"):
         probe_grid(torch.randn(2, 20, 4), labels)
