@@ -119,6 +119,9 @@ def raise_on_failure(report: ValidationReport) -> None:
         detail = f"{observed['unexpected_count']} of {observed['element_count']} values unexpected"
     else:
         detail = first.error or f"observed {_short(observed)}"
+    involved = dict.fromkeys(e["split"] for e in first.examples if isinstance(e, dict) and "split" in e)
+    if involved:  # a cross-split check: name the splits that collide
+        detail += f" across splits {', '.join(involved)}"
     if first.expected:
         detail += f", expected {first.expected}"
     if first.examples:

@@ -119,7 +119,9 @@ def test_train_test_leak_fails_prompt_overlap_check(tmp_path, frames):
     examples = report.failures()[0].examples
     assert {e["split"] for e in examples} == {"train", "test"}
     assert {e["prompt"] for e in examples} == {leaked["prompt"]}
-    with pytest.raises(DataValidationError, match="all_splits_prompts"):
+    with pytest.raises(DataValidationError, match="split 'all_splits_prompts' expectation "
+                       r"expect_column_values_to_be_unique\(prompt\): 2 of 360 values unexpected "
+                       "across splits train, test"):
         raise_on_failure(report)
 
 
