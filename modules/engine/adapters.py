@@ -1,0 +1,237 @@
+"""Where every site lives in a transformers decoder-only model, and how to load one.
+
+Layer-index convention (0-based, checked against ``output_hidden_states`` in the tests), for a
+model with L blocks and HF's ``hidden_states`` tuple of length L + 1:
+
+    resid_pre.l   = input of block l   = hidden_states[l]          l in [0, L)
+    resid_post.l  = output of block l  = hidden_states[l + 1]      l in [0, L - 1)
+    resid_post.(L-1) is the last block's raw output; hidden_states[L] is that after the final norm.
+
+Sites inside block l: ``attn_out.l`` (what attention adds to the residual), ``mlp_out.l`` (what
+the MLP adds), ``head_out.l`` (the input of the attention output projection, split by head:
+[batch, pos, n_heads, head_dim]), ``q.l`` / ``k.l`` / ``v.l`` (projection outputs before rotary
+embeddings: [batch, pos, heads, head_dim], with ``n_kv_heads`` heads for k and v under GQA) and
+``pattern.l`` (attention probabilities [batch, n_heads, query_pos, key_pos]).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class EngineError(ValueError):
+    """Bad input to the engine: a layer, head, position or site out of range, an unknown model."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    blocks: str                         # ModuleList of decoder blocks, from the CausalLM root
+    embed: str                          # token embedding (scaled inside the module where the model does)
+    pos_embed: str | None               # learned absolute position embedding added to the residual
+    rotary: str | None                  # rotary embedding module, called once per forward
+    final_norm: str
+    attn: str                           # attention module, relative to a block
+    attn_out: str                       # module whose output is added to the residual after attention
+    mlp_out: str                        # module whose output is added to the residual after the MLP
+    o_proj: str                         # attention output projection (its input is head_out)
+    qkv: tuple[tuple[str, int], ...]    # (module, chunk of its output) for q, k, v
+    norm_offset: float = 0.0            # RMSNorm weights stored as w - 1 (Gemma)
+    heads_are_linear: bool = True       # the sum of per-head outputs is what reaches the residual
+
+
+_LLAMA = ArchSpec(blocks="model.layers", embed="model.embed_tokens", pos_embed=None,
+                  rotary="model.rotary_emb", final_norm="model.norm", attn="self_attn",
+                  attn_out="self_attn", mlp_out="mlp", o_proj="self_attn.o_proj",
+                  qkv=(("self_attn.q_proj", 0), ("self_attn.k_proj", 0), ("self_attn.v_proj", 0)))
+
+SPECS: dict[str, ArchSpec] = {
+    "gpt2": ArchSpec(blocks="transformer.h", embed="transformer.wte", pos_embed="transformer.wpe",
+                     rotary=None, final_norm="transformer.ln_f", attn="attn", attn_out="attn",
+                     mlp_out="mlp", o_proj="attn.c_proj",
+                     qkv=(("attn.c_attn", 0), ("attn.c_attn", 1), ("attn.c_attn", 2))),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "gemma2": ArchSpec(**{**_LLAMA.__dict__, "attn_out": "post_attention_layernorm",
+                          "mlp_out": "post_feedforward_layernorm", "norm_offset": 1.0,
+                          "heads_are_linear": False}),
+}
+
+
+def _check_index(name: str, value, size: int, what: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise EngineError(f"{name} must be an integer, got {value!r}") from None
+    if not 0 <= value < size:
+        raise EngineError(f"{name} {value} out of range for {what} (allowed 0..{size - 1})")
+    return value
+
+
+class Adapter:
+    """Locates the sites of one HF causal LM; every engine function goes through it."""
+
+    def __init__(self, model: nn.Module):
+        config = getattr(model, "config", None)
+        arch = getattr(config, "model_type", None)
+        if arch not in SPECS:
+            raise EngineError(f"unknown architecture {arch!r}; supported: {', '.join(sorted(SPECS))}")
+        self.model, self.config, self.arch, self.spec = model, config, arch, SPECS[arch]
+        self.blocks = model.get_submodule(self.spec.blocks)
+        self.n_layers = len(self.blocks)
+        self.d_model = config.hidden_size
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.d_model // self.n_heads
+        self.final_norm = model.get_submodule(self.spec.final_norm)
+        self.unembed = model.get_output_embeddings()
+
+    # --- modules -------------------------------------------------------------------------
+    def block(self, layer: int) -> nn.Module:
+        return self.blocks[self.check_layer(layer)]
+
+    def module(self, layer: int, path: str) -> nn.Module:
+        return self.block(layer).get_submodule(path)
+
+    def proj(self, layer: int, kind: str) -> tuple[nn.Module, int, int]:
+        """(module, chunk index, n_heads) for kind in q/k/v."""
+        path, chunk = self.spec.qkv["qkv".index(kind)]
+        return self.module(layer, path), chunk, self.n_heads if kind == "q" else self.n_kv_heads
+
+    def n_heads_of(self, kind: str) -> int:
+        return self.n_kv_heads if kind in ("k", "v") else self.n_heads
+
+    # --- checks --------------------------------------------------------------------------
+    def check_layer(self, layer) -> int:
+        return _check_index("layer", layer, self.n_layers, f"a {self.n_layers}-layer model")
+
+    def check_head(self, head, kind: str = "head_out") -> int:
+        n = self.n_heads_of(kind)
+        what = f"{kind} with {n} {'key/value ' if kind in ('k', 'v') else ''}heads"
+        return _check_index("head", head, n, what)
+
+    # --- pieces of the forward pass the restart runner calls itself ------------------------
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.get_submodule(self.spec.embed)(input_ids)
+        if self.spec.pos_embed is not None:
+            hidden = hidden + self.model.get_submodule(self.spec.pos_embed)(position_ids).to(hidden.device)
+        return hidden
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor):
+        if self.spec.rotary is None:
+            return None
+        return self.model.get_submodule(self.spec.rotary)(hidden, position_ids)
+
+    def sliding_window(self, layer: int) -> int | None:
+        layer_types = getattr(self.config, "layer_types", None)
+        window = getattr(self.config, "sliding_window", None)
+        if layer_types is not None:
+            return window if layer_types[layer] == "sliding_attention" else None
+        return window if self.arch == "mistral" else None
+
+    def logits(self, resid_final: torch.Tensor) -> torch.Tensor:
+        """Final norm and unembedding of the last block's output (with Gemma's final soft-cap)."""
+        hidden = self.final_norm(resid_final.to(self.final_norm.weight.device))
+        logits = self.unembed(hidden.to(self.unembed.weight.device))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def linear_final_norm(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The final norm as a linear map, its scale frozen at ``reference`` (no bias): the
+        direct-logit-attribution view, under which components add up to the normalised residual."""
+        norm = self.final_norm
+        eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
+        x, reference = x.float(), reference.float()
+        if isinstance(norm, nn.LayerNorm):
+            x = x - x.mean(-1, keepdim=True)
+            scale = torch.rsqrt(reference.var(-1, unbiased=False, keepdim=True) + eps)
+        else:
+            scale = torch.rsqrt(reference.pow(2).mean(-1, keepdim=True) + eps)
+        return x * scale * (norm.weight.float() + self.spec.norm_offset)
+
+    def head_results(self, layer: int, head_out: torch.Tensor) -> torch.Tensor:
+        """Per-head contributions in model space [..., n_heads, d_model], without the bias."""
+        if not self.spec.heads_are_linear:
+            raise EngineError(f"{self.arch} normalises the attention output after the projection, "
+                              "so per-head outputs do not add up in the residual stream")
+        o_proj = self.module(layer, self.spec.o_proj)
+        weight = o_proj.weight  # nn.Linear: [d_model, H*dh]; GPT-2 Conv1D: [H*dh, d_model]
+        if isinstance(o_proj, nn.Linear):
+            weight = weight.t()
+        weight = weight.reshape(self.n_heads, self.head_dim, -1)
+        return torch.einsum("...hd,hdm->...hm", head_out.to(weight.dtype), weight)
+
+    def o_proj_bias(self, layer: int) -> torch.Tensor | None:
+        return self.module(layer, self.spec.o_proj).bias
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for ``model``, built once and kept on the model."""
+    adapter = model.__dict__.get("_engine_adapter")
+    if adapter is None:
+        adapter = Adapter(model)
+        model.__dict__["_engine_adapter"] = adapter
+    return adapter
+
+
+class ModelLoadError(EngineError):
+    """The model or its weights cannot be found or read."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+               device_map: str | dict | None = None, attn_implementation: str = "eager",
+               trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` through ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+
+    Safetensors weights are preferred (``.bin`` files are read with ``weights_only=True`` by
+    transformers); eager attention is the default because attention patterns and knockout are
+    exact there. ``device_map="auto"`` spreads a large model over the visible GPUs.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if device is not None and device_map is not None:
+        raise EngineError("pass either device or device_map, not both")
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise EngineError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+        dtype = getattr(torch, dtype)
+    path = Path(name_or_path)
+    local = path.exists()
+    if local:
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"no model at {path}: config.json is missing")
+        has_safetensors = any(path.glob("*.safetensors"))
+        if not has_safetensors and not any(path.glob("pytorch_model*.bin")):
+            raise ModelLoadError(f"no weights at {path}: expected *.safetensors or pytorch_model*.bin")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...: one line
+        raise ModelLoadError(f"cannot load config for {name_or_path}: {_first_line(error)}") from None
+    if config.model_type not in SPECS:
+        raise EngineError(f"unknown architecture {config.model_type!r} in {name_or_path}; "
+                          f"supported: {', '.join(sorted(SPECS))}")
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if not local or has_safetensors:
+        kwargs["use_safetensors"] = True if local else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(f"cannot load weights for {name_or_path}: {_first_line(error)}") from None
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+

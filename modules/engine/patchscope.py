@@ -1,0 +1,82 @@
+"""Back-patching and Patchscope: a hidden state from (prompt A, layer ls, position p) written into
+(prompt B, layer lt, position p') during the prompt pass only; generation then continues from the
+KV cache, so the patch persists exactly as if every later step re-ran the patched prompt."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from modules.engine.adapters import EngineError, get_adapter
+from modules.engine.hooks import RESID_KINDS, Site, as_site, capture, intervene, patch
+
+
+@dataclass
+class Generation:
+    tokens: Tensor   # [batch, n_new]
+    logits: Tensor   # [batch, n_new, vocab]: the logits each new token was chosen from
+
+
+@torch.no_grad()
+def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
+                    prompt_interventions: Mapping | None = None, prompt_patches: Mapping | None = None) -> Generation:
+    """Greedy decoding with the KV cache; interventions and patches act on the prompt pass only."""
+    if max_new_tokens < 1:
+        raise EngineError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    first = intervene(model, prompt_interventions) if prompt_interventions else nullcontext()
+    patches = patch(model, prompt_patches) if prompt_patches else nullcontext()
+    with first, patches:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    tokens, logits = [], []
+    for step in range(max_new_tokens):
+        step_logits = out.logits[:, -1]
+        token = step_logits.argmax(-1)
+        tokens.append(token)
+        logits.append(step_logits)
+        if step + 1 == max_new_tokens:
+            break
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attention_mask, past_key_values=out.past_key_values,
+                    use_cache=True)
+    return Generation(torch.stack(tokens, 1), torch.stack(logits, 1))
+
+
+@torch.no_grad()
+def patchscope(model, source_ids: Tensor, source_layer: int, source_position: int, target_ids: Tensor,
+               target_layer: int, target_position: int, *, max_new_tokens: int = 1,
+               source_site: str = "resid_post", target_site: str = "resid_post",
+               source_attention_mask: Tensor | None = None, target_attention_mask: Tensor | None = None
+               ) -> Generation:
+    """Read ``source_site.source_layer`` at ``source_position`` of the source prompts, write it at
+    ``target_site.target_layer``, ``target_position`` of the target prompts' prompt pass, then
+    decode greedily. The source batch is the target's size or 1 (one state into every prompt)."""
+    adapter = get_adapter(model)
+    for name, kind in (("source_site", source_site), ("target_site", target_site)):
+        if kind not in RESID_KINDS:
+            raise EngineError(f"{name} must be one of {', '.join(RESID_KINDS)}, got {kind!r}")
+    if source_ids.shape[0] not in (1, target_ids.shape[0]):
+        raise EngineError(f"source batch {source_ids.shape[0]} must be 1 or the target batch {target_ids.shape[0]}")
+    source = as_site(Site(source_site, source_layer, (source_position,)), adapter)
+    target = as_site(Site(target_site, target_layer, (target_position,)), adapter)
+    with capture(model, [source]) as acts:
+        model(input_ids=source_ids, attention_mask=source_attention_mask)
+    return generate_greedy(model, target_ids, max_new_tokens, attention_mask=target_attention_mask,
+                           prompt_patches={target: acts[source]})
+
+
+def backpatch(model, input_ids: Tensor, source_layer: int, target_layer: int, *,
+              positions: Sequence[int] = (-1,), max_new_tokens: int = 1, site: str = "resid_post",
+              attention_mask: Tensor | None = None) -> Generation:
+    """Back-patching: the prompt's own states at ``positions`` from ``source_layer`` written into
+    ``target_layer`` (usually earlier) of the same prompt's prompt pass, then greedy decoding."""
+    adapter = get_adapter(model)
+    source = as_site(Site(site, source_layer, tuple(positions)), adapter)
+    target = as_site(Site(site, target_layer, tuple(positions)), adapter)
+    with torch.no_grad(), capture(model, [source]) as acts:
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    return generate_greedy(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                           prompt_patches={target: acts[source]})

@@ -1,0 +1,64 @@
+"""Small randomly initialised decoder models and a word-level tokenizer, built offline.
+
+Used by the engine's tests and benchmark: no weights are downloaded, every model comes from a
+config and a seed, and the tokenizer is a plain ``WordLevel`` vocabulary ``w0 .. w{n-1}``.
+"""
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
+                          PreTrainedTokenizerFast, Qwen2Config)
+
+ARCHS = ("gpt2", "llama", "mistral", "qwen2")
+
+
+def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """Whitespace tokenizer over ``w0 .. w{vocab_size-2}`` plus ``<eos>`` (the last id, also pad)."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    vocab = {f"w{i}": i for i in range(vocab_size - 1)}
+    vocab["<eos>"] = vocab_size - 1
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", bos_token="<eos>",
+                                   pad_token="<eos>", unk_token="<eos>")
+
+
+def tiny_config(arch: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
+                n_kv_heads: int | None = 2, vocab_size: int = 64, max_positions: int = 128,
+                sliding_window: int | None = None, attn_implementation: str = "eager", init_std: float = 0.02):
+    """A transformers config of the given architecture; GQA where the architecture has it.
+
+    ``init_std`` is the weights' initial standard deviation: tests raise it so that patches
+    move the logits well above float noise.
+    """
+    kv = n_kv_heads or n_heads
+    eos = vocab_size - 1
+    common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                  initializer_range=init_std)
+    if arch == "gpt2":
+        config = GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_positions=max_positions,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif arch in ("llama", "mistral", "qwen2"):
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
+        extra = {}
+        if arch == "mistral":
+            extra["sliding_window"] = sliding_window
+        if arch == "qwen2" and sliding_window is not None:
+            extra.update(use_sliding_window=True, sliding_window=sliding_window, max_window_layers=0)
+        config = cls(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                     num_key_value_heads=kv, intermediate_size=2 * d_model,
+                     max_position_embeddings=max_positions, tie_word_embeddings=False, **extra, **common)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; tiny models exist for {', '.join(ARCHS)}")
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, **config_kwargs):
+    """A randomly initialised model in eval mode, deterministic in ``seed``."""
+    config = tiny_config(arch, **config_kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation)
+    return model.to(dtype).eval()
