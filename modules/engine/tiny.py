@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig,
+from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig,
                           PreTrainedTokenizerFast, Qwen2Config)
 
-ARCHS = ("gpt2", "llama", "mistral", "qwen2")
+ARCHS = ("gpt2", "llama", "mistral", "qwen2", "gemma2")
 
 
 def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -50,6 +50,11 @@ def tiny_config(arch: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 
         config = cls(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
                      num_key_value_heads=kv, intermediate_size=2 * d_model,
                      max_position_embeddings=max_positions, tie_word_embeddings=False, **extra, **common)
+    elif arch == "gemma2":
+        config = Gemma2Config(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                              num_key_value_heads=kv, head_dim=d_model // n_heads, query_pre_attn_scalar=d_model // n_heads,
+                              intermediate_size=2 * d_model, max_position_embeddings=max_positions,
+                              sliding_window=sliding_window or max_positions, **common)
     else:
         raise ValueError(f"unknown architecture {arch!r}; tiny models exist for {', '.join(ARCHS)}")
     config._attn_implementation = attn_implementation

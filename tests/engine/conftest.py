@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random GPT-2 / Llama / Mistral models (GQA, a Mistral sliding window
+shorter than the test prompts) saved to disk and loaded back through ``load_model``."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+from modules.engine import tiny  # noqa: E402
+from modules.engine.adapters import load_model  # noqa: E402
+
+ARCHS = ("gpt2", "llama", "mistral")
+VOCAB = 64
+# Larger-than-default initial weights so that single-head patches move the logits well above
+# float32 noise; a sliding window (Mistral) shorter than the 8-token test prompts.
+MODEL_KWARGS = dict(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, init_std=0.15)
+ARCH_KWARGS = {"mistral": dict(sliding_window=5)}
+
+
+def random_ids(batch: int, seq: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
+    """Token ids [batch, seq] drawn from the tiny vocabulary (the last id, <eos>, excluded)."""
+    return torch.randint(0, vocab - 1, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Factory ``tiny_model(arch, **config) -> (model, tokenizer)``, built once per session: the
+    random model and its tokenizer are saved with save_pretrained and read back by load_model."""
+    built = {}
+
+    def make(arch: str, **overrides):
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in built:
+            kwargs = {**MODEL_KWARGS, **ARCH_KWARGS.get(arch, {}), **overrides}
+            attn = kwargs.pop("attn_implementation", "eager")
+            path = tmp_path_factory.mktemp(f"tiny-{arch}")
+            tiny.tiny_model(arch, **kwargs).save_pretrained(path)
+            tiny.word_tokenizer(kwargs["vocab_size"]).save_pretrained(path)
+            built[key] = load_model(path, attn_implementation=attn)
+        return built[key]
+    return make
+
+
+@pytest.fixture
+def make_ids():
+    """``make_ids(batch, seq, seed=0)``: random token ids for the tiny models."""
+    return random_ids
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+    spin-waiting makes them up to ~100x slower: run such tests on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
