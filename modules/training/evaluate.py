@@ -6,7 +6,7 @@ import torch
 
 from modules.engine.metrics import wilson_ci
 from modules.models.decoding import exact_match, greedy_decode_mixed
-from modules.training.sequences import ShuffledBatches, encode
+from modules.training.sequences import OrderedBatches, encode
 
 BREAKDOWN = ["query_chain", "operator", "source_truth"]
 
@@ -16,12 +16,11 @@ def exact_matches(model, tokenizer, frame: pd.DataFrame, batch_size: int = 1000)
     """Per-problem greedy exact match of the whole proof (through <eos>)."""
     data = encode(tokenizer, frame["prompt"].tolist(), frame["answer"].tolist())
     max_new_tokens = int((data.lengths - data.prompt_lengths).max()) + 1
-    batches = ShuffledBatches(data, batch_size, seed=0, shuffle=False, group_by_prompt_length=True)
+    batches = OrderedBatches(data, batch_size)
     correct = torch.empty(len(data), dtype=torch.bool)
     model.eval()
     for i in range(len(batches)):
-        batch = batches[i]
-        index = batches._order[i * batch_size:(i + 1) * batch_size]
+        batch, index = batches[i], batches.indices(i)
         generated = greedy_decode_mixed(model, batch.input_ids, batch.prompt_lengths, max_new_tokens,
                                         tokenizer.eos_token_id)
         correct[index] = exact_match(generated, batch.input_ids, batch.prompt_lengths, batch.lengths)

@@ -39,10 +39,10 @@ class LogicLM(pl.LightningModule):
                                         self.hparams.max_new_tokens, self.eos_id)
         return exact_match(generated, batch.input_ids, batch.prompt_lengths, batch.lengths)
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_start(self) -> None:
         dataset = self.trainer.train_dataloader.dataset
-        if hasattr(dataset, "set_epoch"):  # new batch composition each epoch
-            dataset.set_epoch(self.current_epoch)
+        if hasattr(dataset, "start"):  # a resumed run continues the batch stream where it stopped
+            dataset.start = self.trainer.global_step * self.trainer.world_size
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -47,43 +47,58 @@ def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
     return (target_pos >= batch.prompt_lengths.unsqueeze(1)) & (target_pos < batch.lengths.unsqueeze(1))
 
 
-class ShuffledBatches(torch.utils.data.Dataset):
-    """An epoch of batches: item i is one batch, trimmed to its longest sequence.
+def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:
+    lengths = data.lengths[index]
+    return EncodedSequences(data.input_ids[index, : int(lengths.max())], data.prompt_lengths[index], lengths)
 
-    Building whole batches from index slices avoids per-example collation, which dominates
-    the step time of a model this small on a CPU.
+
+class BatchStream(torch.utils.data.Dataset):
+    """Training batches as a function of the global batch number.
+
+    Batch b comes from epoch b // batches_per_epoch of a per-epoch permutation seeded by
+    (seed, epoch), so the stream is the same however it is cut: a resumed run sets ``start``
+    to the batches already consumed and sees exactly what an uninterrupted run would.
+    Whole batches are built from index slices, because per-example collation dominates the
+    step time of a model this small on a CPU. Under DDP each rank reads every W-th item.
     """
 
-    def __init__(self, data: EncodedSequences, batch_size: int, seed: int, shuffle: bool = True,
-                 group_by_prompt_length: bool = False):
+    def __init__(self, data: EncodedSequences, batch_size: int, seed: int, n_batches: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
-        self.group_by_prompt_length = group_by_prompt_length
-        self.epoch = 0
-        self._order = self._make_order()
+        self.data, self.batch_size, self.seed, self.n_batches = data, batch_size, seed, n_batches
+        self.per_epoch = max(1, len(data) // batch_size)  # drop the ragged tail batch
+        self.start = 0
+        self._epoch, self._order = -1, None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._order = self._make_order()
+    def __len__(self) -> int:
+        return self.n_batches
 
-    def _make_order(self) -> torch.Tensor:
-        n = len(self.data)
-        if self.group_by_prompt_length:  # decoding wants one prompt length per batch
-            return torch.argsort(self.data.prompt_lengths * n + torch.arange(n), stable=True)
-        if not self.shuffle:
-            return torch.arange(n)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(n, generator=generator)
+    def __getitem__(self, i: int) -> EncodedSequences:
+        epoch, slot = divmod(self.start + i, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.data), generator=generator)
+        return _take(self.data, self._order[slot * self.batch_size:(slot + 1) * self.batch_size])
+
+
+class OrderedBatches(torch.utils.data.Dataset):
+    """Evaluation batches in a fixed order, sorted by prompt length (decoding wants one length)."""
+
+    def __init__(self, data: EncodedSequences, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size = data, batch_size
+        n = len(data)
+        self.order = torch.argsort(data.prompt_lengths * n + torch.arange(n), stable=True)
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
+    def indices(self, i: int) -> torch.Tensor:
+        return self.order[i * self.batch_size:(i + 1) * self.batch_size]
+
     def __getitem__(self, i: int) -> EncodedSequences:
-        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        lengths = self.data.lengths[index]
-        return EncodedSequences(self.data.input_ids[index, : int(lengths.max())],
-                                self.data.prompt_lengths[index], lengths)
+        return _take(self.data, self.indices(i))
 
 
 def collate_single(batch: EncodedSequences) -> EncodedSequences:

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from modules.models.logic_model import save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.training.logic_module import LogicLM
-from modules.training.sequences import EncodedSequences, ShuffledBatches, collate_single, encode
+from modules.training.sequences import BatchStream, EncodedSequences, OrderedBatches, collate_single, encode
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,12 @@ def encode_frame(tokenizer, frame) -> EncodedSequences:
 
 
 def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainConfig, seed: int):
+    world = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     train_loader = torch.utils.data.DataLoader(
-        ShuffledBatches(train, config.batch_size, seed), batch_size=None, shuffle=False,
-        collate_fn=collate_single)
+        BatchStream(train, config.batch_size, seed, n_batches=config.max_steps * world), batch_size=None,
+        shuffle=False, collate_fn=collate_single)
     val_loader = torch.utils.data.DataLoader(
-        ShuffledBatches(val, config.val_batch_size, seed, shuffle=False, group_by_prompt_length=True),
-        batch_size=None, shuffle=False, collate_fn=collate_single)
+        OrderedBatches(val, config.val_batch_size), batch_size=None, shuffle=False, collate_fn=collate_single)
     return train_loader, val_loader
 
 

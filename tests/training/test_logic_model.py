@@ -1,0 +1,77 @@
+import torch
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+
+from modules.models.decoding import exact_match, greedy_decode
+from modules.models.logic_model import CheckpointError, build_logic_model, load_checkpoint, save_checkpoint
+from modules.models.logic_tokenizer import VOCAB, build_logic_tokenizer
+from modules.training.sequences import answer_loss_mask, encode
+
+
+def test_tokenizer_covers_the_compact_vocabulary_and_round_trips(tmp_path):
+    from modules.data.logic import VOCAB as DATA_VOCAB
+
+    tokenizer = build_logic_tokenizer()
+    assert set(DATA_VOCAB) <= set(VOCAB)
+    text = "rules A > B . C or D > E . facts A 1 C 0 query E answer"
+    ids = tokenizer(text).input_ids
+    assert len(ids) == len(text.split()) and tokenizer.decode(ids) == text
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)(text).input_ids == ids
+
+
+def test_checkpoint_is_a_standard_hf_directory(tmp_path):
+    model, tokenizer = build_logic_model(n_embd=24, n_layer=3, n_head=3), build_logic_tokenizer()
+    save_checkpoint(model, tokenizer, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert isinstance(loaded, GPT2LMHeadModel)
+    assert loaded.config.n_layer == 3 and loaded.config.n_head == 3
+    ids = torch.tensor([tokenizer("rules A > B . facts A 1 query B answer").input_ids])
+    assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
+
+
+def test_missing_and_corrupt_checkpoints_give_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no model checkpoint at .*nowhere"):
+        load_checkpoint(tmp_path / "nowhere")
+    save_checkpoint(build_logic_model(n_embd=24), build_logic_tokenizer(), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "m")
+    assert "cannot load model checkpoint" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bad_model_shapes_are_rejected():
+    with pytest.raises(ValueError, match="n_embd .* divisible by model.n_head"):
+        build_logic_model(n_embd=32, n_head=3)
+    with pytest.raises(ValueError, match="model.n_layer"):
+        build_logic_model(n_layer=0)
+
+
+def test_loss_mask_covers_answer_and_eos_only():
+    tokenizer = build_logic_tokenizer()
+    batch = encode(tokenizer, ["rules A > B . facts A 1 query B answer", "rules A > B . facts A 0 query B answer"],
+                   ["A B", "undetermined"])
+    mask = answer_loss_mask(batch)
+    targets = [batch.input_ids[i, 1:][mask[i]].tolist() for i in range(2)]
+    assert tokenizer.convert_ids_to_tokens(targets[0]) == ["A", "B", "<eos>"]
+    assert tokenizer.convert_ids_to_tokens(targets[1]) == ["undetermined", "<eos>"]
+
+
+def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
+    torch.manual_seed(0)
+    model, tokenizer = build_logic_model(n_embd=24).eval(), build_logic_tokenizer()
+    prompts = torch.randint(2, len(VOCAB), (5, 9))
+    ours = greedy_decode(model, prompts, 6, tokenizer.eos_token_id)
+    theirs = model.generate(prompts, max_new_tokens=6, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.eos_token_id)[:, 9:]
+    for row_ours, row_theirs in zip(ours.tolist(), theirs.tolist()):
+        stop = row_theirs.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row_theirs else 6
+        assert row_ours[:stop] == row_theirs[:stop]
+    # A reference equal to the model's own output scores 1; a changed token scores 0.
+    sequences = torch.cat([prompts, ours], dim=1)
+    lengths = torch.tensor([9 + (r.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in r else 6)
+                            for r in ours.tolist()])
+    assert exact_match(ours, sequences, torch.full((5,), 9), lengths).all()
+    sequences[0, 9] = (sequences[0, 9] + 1) % len(VOCAB)
+    assert not exact_match(ours, sequences, torch.full((5,), 9), lengths)[0]
