@@ -17,8 +17,11 @@ def main() -> None:
         import mlflow
 
         start = time.perf_counter()
-        frames = generate_splits(config["seed"], dict(config["sizes"]), config["depth"],
-                                 config["logop_share"], config["operators"])
+        try:
+            frames = generate_splits(config["seed"], dict(config["sizes"]), config["depth"],
+                                     config["logop_share"], config["operators"])
+        except ValueError as error:  # the data module names the key; say where it lives
+            raise ValueError(f"params.yaml logic.data.{error}") from None
         with atomic_dir(args.out) as tmp:
             write_splits(frames, tmp)
         mlflow.log_metrics({"generate_s": time.perf_counter() - start,

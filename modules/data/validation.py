@@ -379,7 +379,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path],
     if not split_paths:
         raise ValueError("split_paths is empty; give at least one split name -> Parquet path")
     params = params if isinstance(params, ValidationParams) else ValidationParams.from_mapping(params)
-    docs_dir = Path(docs_dir)
+    docs_dir = Path(docs_dir).resolve()  # GX wants an absolute site directory
     summary_path = Path(summary_path) if summary_path else docs_dir / "validation_summary.json"
     _check_docs_dir(docs_dir)
     frames = {name: _read_split(name, path) for name, path in split_paths.items()}

@@ -81,10 +81,14 @@ def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if not nested:
+    # Under `mlflow run`, the project run already exists (MLFLOW_RUN_ID): log into it.
+    launched = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested and mlflow.active_run() is None
+    if not nested and not launched:
         ensure_experiment(study, uri)
     run_tags = {"git_commit": git_commit(), "stage": stage, **(tags or {})}
     with mlflow.start_run(run_name=stage, nested=nested, tags=run_tags) as run:
+        if launched:
+            mlflow.set_tag("mlflow.runName", stage)
         if params:
             mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         for path in data_paths:

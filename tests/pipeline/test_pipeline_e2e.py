@@ -1,0 +1,93 @@
+"""The real pipeline, end to end, on CPU-tiny params: dvc repro, MLflow runs, DVC remote."""
+import json
+import shutil
+
+import mlflow
+import pytest
+import yaml
+
+from tests.pipeline.conftest import make_project, run
+
+STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "evaluate_logic@0"]
+
+
+def test_repro_runs_every_stage_and_writes_outputs(repro_project):
+    project, env, result = repro_project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    for path in ["artifacts/logic/data/train.parquet", "artifacts/logic/data/test.parquet",
+                 "artifacts/logic/models/seed0/model.safetensors", "artifacts/logic/models/seed0/tokenizer.json",
+                 "reports/data_docs/logic/index.html", "artifacts/logic/tuning/best_params.yaml"]:
+        assert (project / path).is_file(), path
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
+    seed0 = next(iter(metrics.values()))["data"]["artifacts/logic/metrics/seed0.json"]["data"]
+    assert seed0["test"]["n"] == 120 and 0.0 <= seed0["test"]["ci_low"] <= seed0["test"]["exact_match"] <= seed0["test"]["ci_high"]
+    best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
+    assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
+
+
+def test_second_repro_is_a_no_op(repro_project):
+    project, env, _ = repro_project
+    again = run(["dvc", "repro"], project, env)
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
+    project, env, _ = repro_project
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"generate", "validate", "tune", "tune-trial-0", "tune-trial-1", "train-seed0",
+            "evaluate-seed0"} <= set(runs)
+    commit = run(["git", "rev-parse", "HEAD"], project, env).stdout.strip()
+    for name in ["generate", "validate", "tune", "train-seed0", "evaluate-seed0"]:
+        r = runs[name]
+        assert r.info.status == "FINISHED" and r.data.tags["git_commit"] == commit
+        assert any(k.startswith("data_hash.") for k in r.data.params), name
+    assert runs["tune-trial-0"].data.tags["mlflow.parentRunId"] == runs["tune"].info.run_id
+    assert "val_exact_match" in runs["train-seed0"].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(runs["evaluate-seed0"].info.run_id)}
+    assert {"test_breakdown.csv", "test_breakdown.png"} <= artifacts
+    assert "training_curve.png" in {a.path for a in client.list_artifacts(runs["train-seed0"].info.run_id)}
+
+
+def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
+    project, env, _ = repro_project
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-f", "-d", "team", str(remote)], project, env)
+    run(["dvc", "push"], project, env)
+    assert any(remote.rglob("*")), "push wrote nothing to the remote"
+    model = project / "artifacts/logic/models/seed0/model.safetensors"
+    before = model.read_bytes()
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "artifacts/logic/models")
+    shutil.rmtree(project / "artifacts/logic/data")
+    run(["dvc", "pull"], project, env)
+    assert model.read_bytes() == before
+    assert (project / "artifacts/logic/data/train.parquet").is_file()
+    status = run(["dvc", "status"], project, env).stdout
+    assert "up to date" in status
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data__depth", -1, "params.yaml logic.data.depth must be an int in [2, 9], got -1"),
+    ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 9], got 12 (depth 12 needs"),
+    ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
+    ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
+])
+def test_bad_params_fail_with_one_line(tmp_path, key, value, message):
+    project, env = make_project(tmp_path, **{key: value})
+    proc = run(["python", "-m", "pipelines.generate_logic"], project, env, check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (project / "artifacts/logic/data").exists()
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    project, env = make_project(tmp_path)
+    proc = run(["python", "-m", "pipelines.evaluate_logic", "--seed", "5"], project, env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: no model checkpoint at artifacts/logic/models/seed5" in proc.stderr
