@@ -8,6 +8,12 @@ import yaml
 
 from tests.pipeline.conftest import make_project, run
 
+@pytest.fixture(scope="module")
+def scratch_project(tmp_path_factory):
+    """A project copy whose params.yaml the bad-input tests overwrite."""
+    return make_project(tmp_path_factory.mktemp("scratch"))
+
+
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "evaluate_logic@0"]
 
 
@@ -76,8 +82,12 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
     ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
 ])
-def test_bad_params_fail_with_one_line(tmp_path, key, value, message):
-    project, env = make_project(tmp_path, **{key: value})
+def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
+    project, env = scratch_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    section, name = key.split("__")
+    params["logic"][section][name] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run(["python", "-m", "pipelines.generate_logic"], project, env, check=False)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -86,8 +96,8 @@ def test_bad_params_fail_with_one_line(tmp_path, key, value, message):
     assert not (project / "artifacts/logic/data").exists()
 
 
-def test_missing_model_is_a_one_line_error(tmp_path):
-    project, env = make_project(tmp_path)
+def test_missing_model_is_a_one_line_error(scratch_project):
+    project, env = scratch_project
     proc = run(["python", "-m", "pipelines.evaluate_logic", "--seed", "5"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: no model checkpoint at artifacts/logic/models/seed5" in proc.stderr

@@ -1,0 +1,71 @@
+"""Wall time for the default training (params.yaml logic.train) to first reach 100% validation
+exact match, per seed, then its exact match on the test split. Every seed is an MLflow run.
+
+    python -m benchmarks.bench_training --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+
+from modules.data.logic import generate_splits, read_split
+from modules.models.logic_tokenizer import build_logic_tokenizer
+from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
+from modules.training.evaluate import accuracy_row, exact_matches
+from modules.training.train import TrainConfig, train_logic_model
+from pipelines._stage import LOGIC_STUDY, params
+
+
+def load_splits(data_dir: Path):
+    if all((data_dir / f"{s}.parquet").is_file() for s in ("train", "val", "test")):
+        return {s: read_split(data_dir / f"{s}.parquet") for s in ("train", "val", "test")}
+    config = params("logic", "data")
+    return generate_splits(config["seed"], dict(config["sizes"]), config["depth"], config["logop_share"],
+                           config["operators"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data", type=Path, default=Path("artifacts/logic/data"))
+    parser.add_argument("--max-steps", type=int, default=None, help="override logic.train.max_steps")
+    args = parser.parse_args()
+    settings = dict(params("logic", "train"))
+    settings.pop("seeds")
+    config = TrainConfig.from_params(settings)
+    if args.max_steps:
+        config = replace(config, max_steps=args.max_steps)
+    splits = load_splits(args.data)
+    rows = []
+    for seed in args.seeds:
+        with tracked_run(LOGIC_STUDY, f"bench-training-seed{seed}", {**config.as_dict(), "seed": seed},
+                         tags={"benchmark": "training"}) as active:
+            start = time.perf_counter()
+            result = train_logic_model(splits["train"], splits["val"], config, seed,
+                                       loggers=[lightning_logger(active)])
+            correct = exact_matches(result.module.model, build_logic_tokenizer(), splits["test"])
+            test = accuracy_row(correct)
+            row = {"seed": seed, "time_to_perfect_val_s": result.time_to_perfect_val_s,
+                   "steps": result.steps, "train_wall_s": result.wall_s,
+                   "val_exact_match": result.val_exact_match, "test_exact_match": test["exact_match"],
+                   "test_ci_low": test["ci_low"], "test_ci_high": test["ci_high"], "test_n": test["n"],
+                   "total_s": time.perf_counter() - start}
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if v is not None and k != "seed"})
+            rows.append(row)
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    reached = [r["time_to_perfect_val_s"] for r in rows if r["time_to_perfect_val_s"] is not None]
+    print(f"seeds reaching 100% val exact match: {len(reached)}/{len(rows)}")
+    if reached:
+        print(f"median time to 100% val exact match: {statistics.median(reached):.0f} s "
+              f"(goal <= 600 s; per seed: {', '.join(f'{t:.0f}' for t in reached)})")
+    print(f"test exact match per seed: {', '.join(f'{r['test_exact_match']:.4f}' for r in rows)} "
+          f"(n={rows[0]['test_n']})")
+
+
+if __name__ == "__main__":
+    main()
