@@ -11,7 +11,6 @@ GX runs in an ephemeral context, so a run leaves only the Data Docs site and a J
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,6 +23,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from modules.io import replace_dir, write_json  # noqa: E402
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
 
@@ -347,29 +348,6 @@ def _validate(context, batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expect
     return outcomes
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def validate_logic_splits(split_paths: Mapping[str, Path],
                           params: Mapping[str, Any] | ValidationParams,
                           docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
@@ -398,7 +376,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path],
     staging.chmod(0o755)  # mkdtemp makes it private; the site is meant to be shared
     try:
         outcomes = _validate(_context(staging), batches)
-        _replace_dir(staging, docs_dir)
+        replace_dir(staging, docs_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -406,7 +384,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path],
     report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
                               rows={name: len(frame) for name, (frame, _, _) in batches.items()},
                               docs_index=docs_dir / "index.html", summary_path=summary_path)
-    _write_json_atomic(summary_path, summary_dict(report, params))
+    write_json(summary_dict(report, params), summary_path)
     return report
 
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
@@ -31,6 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from modules.io import atomic_file, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,6 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _check_manifest(out_dir: Path, cells: Sequence[Hashable], n_shards: int, create: bool = True) -> str:
     """Create or check ``manifest.json`` so shards of another sweep are never mixed in."""
     fingerprint = cells_fingerprint(cells)
@@ -88,7 +83,7 @@ def _check_manifest(out_dir: Path, cells: Sequence[Hashable], n_shards: int, cre
                              f"use a new out_dir or delete it")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(manifest, sort_keys=True))  # identical from every rank
+        atomic_write_text(path, json.dumps(manifest, sort_keys=True))  # identical from every rank
     return fingerprint
 
 
@@ -101,10 +96,9 @@ def _save_shard(path: Path, result: Result, n_rows: int, fingerprint: str) -> No
             raise SweepError(f"fn returned {key} with shape {tuple(t.shape)} for {n_rows} cells: "
                              f"the first axis must have one row per cell")
     kind = "tensor" if isinstance(result, Tensor) else "dict"
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp),
-              metadata={"cells_sha256": fingerprint, "kind": kind})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp),
+                  metadata={"cells_sha256": fingerprint, "kind": kind})
 
 
 def run_shards(cells: Sequence[Hashable], fn: Callable[[list], Result], out_dir: str | os.PathLike, n_shards: int,

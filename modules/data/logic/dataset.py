@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -14,6 +13,8 @@ from typing import Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from modules.io import atomic_file
 
 from modules.data.logic.generator import QUERY_CHAINS, Problem, check_params, sample_problem
 from modules.data.logic.syntax import (OPERATORS, UNDETERMINED, compact_answer, compact_prompt,
@@ -101,14 +102,8 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", compression_level=3)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_splits(frames: dict[str, pd.DataFrame], out_dir: str | os.PathLike) -> dict[str, Path]:
