@@ -41,6 +41,7 @@ class ArchSpec:
     qkv: tuple[tuple[str, int], ...]    # (module, chunk of its output) for q, k, v
     norm_offset: float = 0.0            # RMSNorm weights stored as w - 1 (Gemma)
     heads_are_linear: bool = True       # the sum of per-head outputs is what reaches the residual
+    mlp: str = "mlp"                    # the MLP module, relative to a block
 
 
 _LLAMA = ArchSpec(blocks="model.layers", embed="model.embed_tokens", pos_embed=None,

@@ -89,12 +89,13 @@ def _apply_metric(metric: Metric | None, logits: Tensor, n_cells: int, batch: in
 def patch_cells(model, target_ids: Tensor, source_ids: Tensor, site: str, cells: Sequence,
                 metric: Metric | None = None, *, logit_positions=(-1,), attention_mask: Tensor | None = None,
                 source_attention_mask: Tensor | None = None, method: str = "restart",
-                max_rows: int = 512, progress: bool = False) -> Tensor:
+                max_rows: int = 512, call_cost: float | None = None, progress: bool = False) -> Tensor:
     """Patch each cell's source activation into the target run: ``[n_cells, batch, ...]``.
 
     ``site`` is a kind (``resid_pre``, ``head_out``, ...); each cell is a :class:`Cell` or a
     ``(layer, positions, head)`` tuple. ``max_rows`` bounds the batch of one restart pass
-    (cells x prompts).
+    (cells x prompts); ``call_cost`` is the fixed cost of a block call in positions, which
+    decides when neighbouring first positions share a pass (default: :func:`default_call_cost`).
     """
     adapter = get_adapter(model)
     if site not in SITE_KINDS:
@@ -112,7 +113,8 @@ def patch_cells(model, target_ids: Tensor, source_ids: Tensor, site: str, cells:
         model(input_ids=source_ids, attention_mask=source_attention_mask)
     if method == "naive":
         return _naive(model, target_ids, attention_mask, site, cells, source, metric, positions, progress)
-    return _restart(model, target_ids, attention_mask, site, cells, source, metric, positions, max_rows, progress)
+    return _restart(model, target_ids, attention_mask, site, cells, source, metric, positions, max_rows, progress,
+                    call_cost)
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
@@ -179,8 +181,66 @@ class _Writes:
         return act
 
 
+class _OnlyAt:
+    """While ``keep`` is set, a module runs on those positions only and outputs zeros elsewhere:
+    used on the last block's MLP, whose output at other positions feeds nothing."""
+
+    def __init__(self):
+        self.keep: Tensor | None = None
+        self.length = 0
+
+    def install(self, module, stack: ExitStack) -> None:
+        pre = module.register_forward_pre_hook(self.pre, prepend=True)
+        post = module.register_forward_hook(self.post, prepend=True)
+        stack.callback(pre.remove)
+        stack.callback(post.remove)
+
+    def pre(self, module, args):
+        if self.keep is None:
+            return None
+        self.length = args[0].shape[1]
+        return (args[0][:, self.keep], *args[1:])
+
+    def post(self, module, args, output):
+        if self.keep is None:
+            return None
+        full = output.new_zeros(output.shape[0], self.length, *output.shape[2:])
+        full[:, self.keep] = output
+        return full
+
+
+def default_call_cost(adapter, device) -> float:
+    """What one block call costs beyond its arithmetic, in positions (one row, one block): about
+    2e7 FLOPs of fixed cost on a CPU and 1e11 on a GPU (kernel launches), over ~24 d^2 FLOPs a
+    position."""
+    fixed = 1e11 if torch.device(device).type == "cuda" else 2e7
+    return fixed / (24 * adapter.d_model ** 2)
+
+
+def _plan_passes(groups: dict[int, list[int]], join: list[int], n_layers: int, batch: int, max_rows: int,
+                 call_cost: float) -> list[tuple[int, list[int]]]:
+    """Merge cells that share a first position into passes, and neighbouring first positions into
+    one pass when recomputing the few extra positions costs less than the block calls it saves;
+    split passes to at most ``max_rows`` rows."""
+    cells_per_pass = max_rows // batch
+    passes: list[tuple[int, list[int]]] = []
+    for first, members in sorted(groups.items()):
+        members = sorted(members, key=lambda i: join[i])
+        if passes:
+            start, current = passes[-1]
+            extra = sum(batch * (first - start) * (n_layers - join[i]) for i in members)
+            saved = call_cost * (n_layers - max(join[current[0]], join[members[0]]))
+            if len(current) + len(members) <= cells_per_pass and extra <= saved:
+                current.extend(members)
+                current.sort(key=lambda i: join[i])
+                continue
+        passes.append((first, members))
+    return [(start, members[i:i + cells_per_pass]) for start, members in passes
+            for i in range(0, len(members), cells_per_pass)]
+
+
 def _restart(model, target_ids, attention_mask, kind, cells, source, metric, positions, max_rows,
-             progress) -> Tensor:
+             progress, call_cost) -> Tensor:
     adapter = get_adapter(model)
     n_layers, (batch, seq) = adapter.n_layers, target_ids.shape
     runner = Runner(model, target_ids, attention_mask)
@@ -195,25 +255,23 @@ def _restart(model, target_ids, attention_mask, kind, cells, source, metric, pos
     def first_position(cell: Cell) -> int:
         return 0 if cell.positions is None or kind == "pattern" else min(cell.positions)
 
+    join = [cell.layer + shift for cell in cells]
     groups: dict[int, list[int]] = {}
     for i, cell in enumerate(cells):
         groups.setdefault(first_position(cell), []).append(i)
-    chunks = []
-    cells_per_pass = max_rows // batch
-    for q_start, members in sorted(groups.items()):
-        members.sort(key=lambda i: cells[i].layer)
-        chunks += [(q_start, members[i:i + cells_per_pass]) for i in range(0, len(members), cells_per_pass)]
-
+    chunks = _plan_passes(groups, join, n_layers, batch, max_rows,
+                          call_cost if call_cost is not None else default_call_cost(adapter, device))
     results: list[Tensor | None] = [None] * len(cells)
+    last_mlp = _OnlyAt()
     with ExitStack() as stack:
         if not direct:
             for layer in sorted({cell.layer for cell in cells}):
                 install_raw(adapter, kind, layer, lambda act, l=layer: writes.apply(l, act), stack)
+        last_mlp.install(adapter.module(n_layers - 1, adapter.spec.mlp), stack)
         for q_start, members in _progress(chunks, len(chunks), progress, f"patch {kind}"):
             hidden, rows = None, torch.empty(0, dtype=torch.long, device=device)
             joined: list[int] = []
-            join = {i: cells[i].layer + shift for i in members}
-            for layer in range(min(join.values()), n_layers + 1):
+            for layer in range(min(join[i] for i in members), n_layers + 1):
                 new = [i for i in members if join[i] == layer]
                 if new:
                     first_rows = [len(rows) + k * batch for k in range(len(new))]
@@ -225,7 +283,11 @@ def _restart(model, target_ids, attention_mask, kind, cells, source, metric, pos
                     if direct:
                         writes.apply(layer - shift, hidden)
                 if layer < n_layers:
+                    if layer == n_layers - 1:  # the last block's output is read at the logit positions only
+                        last_mlp.keep = torch.tensor(sorted({p - q_start for p in positions if p >= q_start}),
+                                                     dtype=torch.long, device=device)
                     hidden = runner.layer(layer, hidden, q_start, rows)
+                    last_mlp.keep = None
             logits = torch.empty(len(rows), len(positions), *target_logits.shape[2:], dtype=target_logits.dtype,
                                  device=target_logits.device)
             late = [j for j, p in enumerate(positions) if p >= q_start]
