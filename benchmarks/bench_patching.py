@@ -46,6 +46,10 @@ SHAPES = {
     "gpt2-small": dict(arch="gpt2", n_layers=12, d_model=768, n_heads=12, vocab_size=50257, max_positions=1024,
                        batch=4, seq=32),
     "mistral-7b": dict(arch="mistral", batch=4, seq=32),
+    # smoke-test shapes for the test suite
+    "tiny-gpt2": dict(arch="gpt2", n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_positions=64, batch=2, seq=8),
+    "tiny-llama": dict(arch="llama", n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_positions=64, batch=2,
+                       seq=8),
 }
 TOOLS = ("engine", "naive", "transformerlens", "nnsight")
 ANCHORS = ("naive", "transformerlens", "nnsight")
@@ -160,7 +164,8 @@ def timed(fn, repeats: int, device: str):
     return times, result
 
 
-def run_shape(name: str, tools, sweeps, repeats: int, device: str, dtype: torch.dtype, tolerance: float) -> dict:
+def run_shape(name: str, tools, sweeps, repeats: int, anchor_repeats: int, device: str, dtype: torch.dtype,
+              tolerance: float) -> dict:
     from nnsight import LanguageModel
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -193,7 +198,8 @@ def run_shape(name: str, tools, sweeps, repeats: int, device: str, dtype: torch.
             entry = {"tools": {}}
             reference = None
             for tool in ("engine",) + tuple(t for t in tools if t != "engine"):
-                times, values = timed(lambda: run[tool](sweep), repeats, device)
+                times, values = timed(lambda: run[tool](sweep), repeats if tool == "engine" else anchor_repeats,
+                                      device)
                 values = values.float().cpu()
                 if reference is None:
                     reference = values
@@ -218,7 +224,7 @@ def markdown(all_results: list[dict], meta: dict) -> str:
              "nnsight": "nnsight 0.8 (32 invokes a trace)"}
     lines = [f"Measured by `python -m benchmarks.bench_patching{meta['argv']}` on {meta['machine']}, "
              f"torch {meta['torch']}, {meta['threads']} threads, load average at start {meta['load']}; "
-             f"medians of {meta['repeats']} runs.", ""]
+             f"median of {meta['repeats']} runs for the engine, {meta['anchor_repeats']} for the others.", ""]
     for res in all_results:
         for sweep, entry in res["sweeps"].items():
             what = "resid_pre layer x position" if sweep == "resid" else "head_out layer x head (all positions)"
@@ -254,7 +260,10 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="logic-3l,gpt2-small", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--sweeps", default="resid,head", help="comma list of resid, head")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the engine (median reported)")
+    parser.add_argument("--anchor-repeats", type=int, default=None,
+                        help="timed runs of each other tool (default: --repeats)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--tolerance", type=float, default=None,
@@ -269,18 +278,25 @@ def main(argv=None) -> int:
             parser.error(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")
     if "engine" not in tools:
         parser.error("--tools must include engine (the reference every other tool is compared with)")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    anchor_repeats = args.repeats if args.anchor_repeats is None else args.anchor_repeats
+    if args.repeats < 1 or anchor_repeats < 1:
+        parser.error("--repeats and --anchor-repeats must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     tolerance = args.tolerance if args.tolerance is not None else (1e-5 if dtype == torch.float32 else 0.1)
     meta = {"argv": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])
                             if a != "--write-docs"),
             "machine": f"{os.cpu_count()}-core {platform.machine()} CPU" if args.device == "cpu"
             else torch.cuda.get_device_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()), "repeats": args.repeats}
+            "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()), "repeats": args.repeats,
+            "anchor_repeats": anchor_repeats}
     print(f"bench_patching: {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, "
           f"load {meta['load']}", flush=True)
-    results = [run_shape(name, tools, sweeps, args.repeats, args.device, dtype, tolerance) for name in shapes]
+    results = [run_shape(name, tools, sweeps, args.repeats, anchor_repeats, args.device, dtype, tolerance)
+               for name in shapes]
     text = markdown(results, meta)
     print("\n" + text)
     if args.out:
