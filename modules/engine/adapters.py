@@ -15,6 +15,7 @@ embeddings: [batch, pos, heads, head_dim], with ``n_kv_heads`` heads for k and v
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class ArchSpec:
     norm_offset: float = 0.0            # RMSNorm weights stored as w - 1 (Gemma)
     heads_are_linear: bool = True       # the sum of per-head outputs is what reaches the residual
     mlp: str = "mlp"                    # the MLP module, relative to a block
+    input_norm: str = "input_layernorm"  # the norm before attention, relative to a block
 
 
 _LLAMA = ArchSpec(blocks="model.layers", embed="model.embed_tokens", pos_embed=None,
@@ -53,7 +55,7 @@ SPECS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(blocks="transformer.h", embed="transformer.wte", pos_embed="transformer.wpe",
                      rotary=None, final_norm="transformer.ln_f", attn="attn", attn_out="attn",
                      mlp_out="mlp", o_proj="attn.c_proj",
-                     qkv=(("attn.c_attn", 0), ("attn.c_attn", 1), ("attn.c_attn", 2))),
+                     qkv=(("attn.c_attn", 0), ("attn.c_attn", 1), ("attn.c_attn", 2)), input_norm="ln_1"),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -135,6 +137,27 @@ class Adapter:
         if layer_types is not None:
             return window if layer_types[layer] == "sliding_attention" else None
         return window if self.arch == "mistral" else None
+
+    def keys_values(self, layer: int, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [batch, n_kv_heads, pos, head_dim] that block ``layer`` computes from
+        its input ``hidden``, as attention stores them (after rotary embeddings)."""
+        block = self.block(layer)
+        x = block.get_submodule(self.spec.input_norm)(hidden)
+        shape = (*x.shape[:-1], self.n_kv_heads, self.head_dim)
+        outputs, kv = {}, []
+        for kind in "kv":
+            module, chunk, _ = self.proj(layer, kind)
+            if id(module) not in outputs:  # GPT-2's fused projection runs once
+                outputs[id(module)] = module(x)
+            width = self.n_kv_heads * self.head_dim
+            kv.append(outputs[id(module)][..., chunk * width:(chunk + 1) * width].reshape(shape).transpose(1, 2))
+        keys, values = kv
+        if position_embeddings is not None:
+            attn = block.get_submodule(self.spec.attn)
+            rotate = getattr(inspect.getmodule(type(attn)), "apply_rotary_pos_emb")
+            cos, sin = position_embeddings
+            keys = rotate(keys, keys, cos, sin)[1]
+        return keys, values
 
     def logits(self, resid_final: torch.Tensor) -> torch.Tensor:
         """Final norm and unembedding of the last block's output (with Gemma's final soft-cap)."""

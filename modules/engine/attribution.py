@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from modules.engine.hooks import RESID_KINDS, Site, capture
+from modules.engine.hooks import Site, capture
 from modules.engine.patching import Cell, Metric, check_pair, patch_cells, sweep_grid, _logit_positions
 
 

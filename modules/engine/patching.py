@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from modules.engine.adapters import EngineError, get_adapter
-from modules.engine.hooks import (HEAD_KINDS, RESID_KINDS, SITE_KINDS, Site, as_site, capture,
+from modules.engine.hooks import (HEAD_KINDS, RESID_KINDS, SITE_KINDS, Site, capture,
                                   check_positions, install_raw, intervene, selection_index)
 from modules.engine.runner import Runner
 
@@ -163,7 +163,9 @@ class _Writes:
             prompts.append(b.reshape(-1))
             pos.append(p.reshape(-1))
             heads.append(h.reshape(-1))
-        rows, prompts, pos, heads = (torch.cat(x).to(device) for x in (rows, prompts, pos, heads))
+        rows, prompts, pos, heads = torch.cat(rows), torch.cat(prompts), torch.cat(pos), torch.cat(heads)
+        held = pos >= q_start  # a resid_post patch after the last block, where it is not read
+        rows, prompts, pos, heads = (x[held].to(device) for x in (rows, prompts, pos, heads))
         src = self.source[f"{self.kind}.{layer}"]
         if self.kind in RESID_KINDS:
             index, values = (rows, pos - q_start), src[prompts, pos]
@@ -271,29 +273,33 @@ def _restart(model, target_ids, attention_mask, kind, cells, source, metric, pos
         for q_start, members in _progress(chunks, len(chunks), progress, f"patch {kind}"):
             hidden, rows = None, torch.empty(0, dtype=torch.long, device=device)
             joined: list[int] = []
+            offset = q_start  # first position held in hidden
             for layer in range(min(join[i] for i in members), n_layers + 1):
                 new = [i for i in members if join[i] == layer]
                 if new:
                     first_rows = [len(rows) + k * batch for k in range(len(new))]
-                    fresh = resid[layer][:, q_start:].repeat(len(new), 1, 1)
+                    fresh = resid[layer][:, offset:].repeat(len(new), 1, 1)
                     hidden = fresh if hidden is None else torch.cat([hidden, fresh])
                     rows = torch.cat([rows, torch.arange(batch, device=device).repeat(len(new))])
                     joined += new
-                    writes.plan(layer - shift, [cells[i] for i in new], first_rows, q_start, device)
+                    writes.plan(layer - shift, [cells[i] for i in new], first_rows, offset, device)
                     if direct:
                         writes.apply(layer - shift, hidden)
-                if layer < n_layers:
-                    if layer == n_layers - 1:  # the last block's output is read at the logit positions only
-                        last_mlp.keep = torch.tensor(sorted({p - q_start for p in positions if p >= q_start}),
-                                                     dtype=torch.long, device=device)
+                if layer < n_layers - 1:
                     hidden = runner.layer(layer, hidden, q_start, rows)
+                elif layer == n_layers - 1:  # its output is read at the logit positions only
+                    read = sorted({p for p in positions if p >= q_start})
+                    offset = read[0] if read and (direct or layer not in writes.pending) else q_start
+                    last_mlp.keep = torch.tensor([p - offset for p in read], dtype=torch.long, device=device)
+                    hidden = (runner.last_layer_at(hidden, q_start, offset, rows) if offset > q_start
+                              else runner.layer(layer, hidden, q_start, rows))
                     last_mlp.keep = None
             logits = torch.empty(len(rows), len(positions), *target_logits.shape[2:], dtype=target_logits.dtype,
                                  device=target_logits.device)
             late = [j for j, p in enumerate(positions) if p >= q_start]
             early = [j for j, p in enumerate(positions) if p < q_start]
             if late:
-                logits[:, late] = adapter.logits(hidden[:, [positions[j] - q_start for j in late]]).to(logits.dtype)
+                logits[:, late] = adapter.logits(hidden[:, [positions[j] - offset for j in late]]).to(logits.dtype)
             if early:  # positions before the first patched one are the target's own
                 logits[:, early] = target_logits[:, early].repeat(len(joined), 1, 1)
             values = _apply_metric(metric, logits, len(joined), batch)

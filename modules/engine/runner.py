@@ -19,7 +19,8 @@ class PrefixKV:
     """Stands in for a transformers Cache inside attention.
 
     While ``recording`` it keeps each layer's keys/values; otherwise it puts the first
-    ``prefix_len`` recorded positions, for the prompts in ``rows``, before the new ones.
+    ``prefix_len`` recorded positions, for the prompts in ``rows``, then ``computed`` keys/values
+    (if any), before the new ones.
     """
 
     def __init__(self, n_layers: int):
@@ -28,22 +29,30 @@ class PrefixKV:
         self.recording = True
         self.prefix_len = 0
         self.rows: Tensor | None = None
+        self.computed: tuple[Tensor, Tensor] | None = None
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
         if self.recording:
             self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
             return key_states, value_states
-        if self.prefix_len == 0:
+        keys, values = [], []
+        if self.prefix_len:
+            recorded_k = self.keys[layer_idx][:, :, :self.prefix_len]
+            recorded_v = self.values[layer_idx][:, :, :self.prefix_len]
+            if self.rows is not None:
+                rows = self.rows.to(recorded_k.device)
+                recorded_k, recorded_v = recorded_k.index_select(0, rows), recorded_v.index_select(0, rows)
+            keys.append(recorded_k)
+            values.append(recorded_v)
+        if self.computed is not None:
+            keys.append(self.computed[0])
+            values.append(self.computed[1])
+        if not keys:
             return key_states, value_states
-        keys = self.keys[layer_idx][:, :, :self.prefix_len]
-        values = self.values[layer_idx][:, :, :self.prefix_len]
-        if self.rows is not None:
-            rows = self.rows.to(keys.device)
-            keys, values = keys.index_select(0, rows), values.index_select(0, rows)
-        return torch.cat([keys, key_states], dim=2), torch.cat([values, value_states], dim=2)
+        return torch.cat([*keys, key_states], dim=2), torch.cat([*values, value_states], dim=2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.prefix_len
+        return self.prefix_len + (0 if self.computed is None else self.computed[0].shape[2])
 
 
 def causal_mask(q_start: int, q_len: int, kv_len: int, window: int | None, padding: Tensor | None,
@@ -103,15 +112,37 @@ class Runner:
         return causal_mask(q_start, self.seq - q_start, self.seq, window, padding, as_bool, hidden.dtype,
                            hidden.device)
 
-    def layer(self, layer: int, hidden: Tensor, q_start: int = 0, rows: Tensor | None = None) -> Tensor:
-        """Block ``layer`` on ``hidden`` [rows, seq - q_start, d]; row i is prompt ``rows[i]``."""
+    def layer(self, layer: int, hidden: Tensor, q_start: int = 0, rows: Tensor | None = None,
+              computed: tuple[Tensor, Tensor, int] | None = None) -> Tensor:
+        """Block ``layer`` on ``hidden`` [rows, seq - q_start, d]; row i is prompt ``rows[i]``.
+
+        Keys and values of positions before ``q_start`` come from the record, or, for positions
+        from ``computed[2]`` on, from ``computed[:2]`` (this batch's own, already computed).
+        """
         block = self.adapter.blocks[layer]
-        self.kv.prefix_len, self.kv.rows = q_start, rows
+        self.kv.rows = rows
+        self.kv.prefix_len = q_start if computed is None else computed[2]
+        self.kv.computed = None if computed is None else computed[:2]
         kwargs = dict(attention_mask=self._mask(layer, q_start, rows, hidden),
                       position_ids=self.position_ids[:, q_start:], past_key_values=self.kv, use_cache=False)
         if self.adapter.spec.rotary is not None:
             kwargs["position_embeddings"] = self._position_embeddings(hidden, q_start)
-        return _first(block(hidden, **kwargs))
+        try:
+            return _first(block(hidden, **kwargs))
+        finally:
+            self.kv.computed = None
+
+    def last_layer_at(self, hidden: Tensor, q_start: int, start: int, rows: Tensor | None = None) -> Tensor:
+        """The last block for positions ``start``.. only (its output at earlier positions feeds
+        nothing when only later positions are read): the keys and values of positions
+        ``q_start .. start - 1`` are computed from ``hidden`` without running the rest of the block."""
+        layer, cut = self.adapter.n_layers - 1, start - q_start
+        rotary = None
+        if self.adapter.spec.rotary is not None:
+            cos, sin = self._position_embeddings(hidden, q_start)
+            rotary = (cos[:, :cut], sin[:, :cut])
+        keys, values = self.adapter.keys_values(layer, hidden[:, :cut], rotary)
+        return self.layer(layer, hidden[:, cut:], start, rows, computed=(keys, values, q_start))
 
     @torch.no_grad()
     def record(self) -> list[Tensor]:

@@ -80,6 +80,9 @@ def test_runner_reproduces_the_model_forward(arch, kwargs):
         # restarting at layer 1 for positions 4.. reuses the recorded keys/values of 0..3
         restarted = runner.layer(1, resid[1][:, 4:], 4, torch.arange(2))
         torch.testing.assert_close(restarted, resid[2][:, 4:], atol=1e-5, rtol=1e-5)
+        # the last block for positions 6.. only, keys/values of 4..5 computed from its input
+        last = runner.last_layer_at(resid[1][:, 4:], 4, 6, torch.arange(2))
+        torch.testing.assert_close(last, resid[2][:, 6:], atol=1e-5, rtol=1e-5)
 
 
 def test_load_model_reads_a_saved_checkpoint(tiny_model):
