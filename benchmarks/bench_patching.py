@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -219,39 +220,47 @@ def run_shape(name: str, tools, sweeps, repeats: int, anchor_repeats: int, devic
     return results
 
 
-def markdown(all_results: list[dict], meta: dict) -> str:
+def shape_markdown(res: dict, meta: dict) -> str:
+    """One shape's measured tables, with the command and conditions that produced them."""
     names = {"engine": "this engine", "naive": "naive hook loop", "transformerlens": "TransformerLens 4.3",
              "nnsight": "nnsight 0.8 (32 invokes a trace)"}
-    lines = [f"Measured by `python -m benchmarks.bench_patching{meta['argv']}` on {meta['machine']}, "
-             f"torch {meta['torch']}, {meta['threads']} threads, load average at start {meta['load']}; "
-             f"median of {meta['repeats']} runs for the engine, {meta['anchor_repeats']} for the others.", ""]
-    for res in all_results:
-        for sweep, entry in res["sweeps"].items():
-            what = "resid_pre layer x position" if sweep == "resid" else "head_out layer x head (all positions)"
-            lines += [f"**{res['shape']}** ({res['n_layers']} layers, {res['batch']} prompts x {res['seq']} tokens, "
-                      f"{res['dtype']}, {res['device']}): {what}, {entry['cells']} cells", "",
-                      "| tool | median time | engine speed-up | max abs diff vs engine |", "|---|---|---|---|"]
-            engine_time = entry["tools"]["engine"]["median_s"]
-            for tool, t in entry["tools"].items():
-                lines.append(f"| {names[tool]} | {t['median_s']:.3f} s | {t['median_s'] / engine_time:.1f}x | "
-                             f"{t['max_abs_diff']:.1e} |")
-            if "floor_s" in entry:
-                lines += ["", f"FLOP floor: {entry['floor_fraction']:.1%} of the naive work = "
-                              f"{entry['floor_s']:.3f} s (that share of the faster anchor); engine / floor = "
-                              f"{entry['engine_vs_floor']:.2f}; engine is {entry['speedup_vs_fastest_anchor']:.1f}x "
-                              f"faster than the faster anchor; all agree: {entry['agree']}."]
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    lines = [f"<!-- shape:{res['shape']} -->",
+             f"**{res['shape']}** ({res['n_layers']} layers, {res['batch']} prompts x {res['seq']} tokens, "
+             f"{res['dtype']}, {res['device']}), measured by `python -m benchmarks.bench_patching{meta['argv']}` "
+             f"on {meta['machine']}, torch {meta['torch']}, {meta['threads']} thread(s), load average at start "
+             f"{meta['load']}; median of {meta['repeats']} run(s) for the engine, {meta['anchor_repeats']} for the "
+             "others.", ""]
+    for sweep, entry in res["sweeps"].items():
+        what = "resid_pre layer x position" if sweep == "resid" else "head_out layer x head (all positions)"
+        lines += [f"{what}, {entry['cells']} cells:", "",
+                  "| tool | median time | engine speed-up | max abs diff vs engine |", "|---|---|---|---|"]
+        engine_time = entry["tools"]["engine"]["median_s"]
+        for tool, t in entry["tools"].items():
+            lines.append(f"| {names[tool]} | {t['median_s']:.3f} s | {t['median_s'] / engine_time:.1f}x | "
+                         f"{t['max_abs_diff']:.1e} |")
+        if "floor_s" in entry:
+            lines += ["", f"FLOP floor {entry['floor_fraction']:.1%} of the naive work, i.e. {entry['floor_s']:.3f} s "
+                          f"(that share of the fastest anchor); engine / floor = {entry['engine_vs_floor']:.2f}; "
+                          f"engine {entry['speedup_vs_fastest_anchor']:.1f}x faster than the fastest anchor; "
+                          f"all agree: {entry['agree']}."]
+        lines.append("")
+    lines.append(f"<!-- /shape:{res['shape']} -->")
+    return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str) -> None:
+def write_docs(blocks: dict[str, str]) -> None:
+    """Replace (or add) each measured shape's block in the docs section; other shapes stay."""
     doc = DOCS.read_text()
     if BEGIN not in doc or END not in doc:
         raise SystemExit(f"{DOCS} has no {BEGIN} ... {END} section to fill")
     head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    section, tail = rest.split(END, 1)
+    block = re.compile(r"<!-- shape:([\w-]+) -->\n.*?<!-- /shape:\1 -->\n", flags=re.S)
+    kept = {match.group(1): match.group(0) for match in block.finditer(section)}
+    kept.update(blocks)
+    body = "\n".join(kept[name] for name in SHAPES if name in kept)
     tmp = DOCS.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    tmp.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
     os.replace(tmp, DOCS)
 
 
@@ -269,7 +278,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=None,
                         help="max abs diff allowed between tools (default 1e-5 in float32, 0.1 otherwise)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--write-docs", action="store_true", help=f"put the tables into {DOCS.relative_to(REPO)}")
+    parser.add_argument("--write-docs", action="store_true", help="put the tables into docs/engine.md")
     args = parser.parse_args(argv)
     shapes, sweeps, tools = (s.split(",") for s in (args.shapes, args.sweeps, args.tools))
     for value, allowed, what in ((shapes, SHAPES, "shape"), (sweeps, ("resid", "head"), "sweep"), (tools, TOOLS, "tool")):
@@ -297,15 +306,15 @@ def main(argv=None) -> int:
           f"load {meta['load']}", flush=True)
     results = [run_shape(name, tools, sweeps, args.repeats, anchor_repeats, args.device, dtype, tolerance)
                for name in shapes]
-    text = markdown(results, meta)
-    print("\n" + text)
+    blocks = {res["shape"]: shape_markdown(res, meta) for res in results}
+    print("\n" + "\n".join(blocks.values()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         os.replace(tmp, args.out)
     if args.write_docs:
-        write_docs(text)
+        write_docs(blocks)
     agree = all(entry["agree"] for res in results for entry in res["sweeps"].values())
     if not agree:
         print(f"error: tools disagree by more than {tolerance}", file=sys.stderr)

@@ -7,10 +7,18 @@ from benchmarks import bench_patching
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_benchmark_runs_every_tool_and_they_agree(tmp_path):
+def test_benchmark_runs_every_tool_and_they_agree(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
-    code = bench_patching.main(["--shapes", "tiny-gpt2,tiny-llama", "--repeats", "1", "--out", str(out)])
+    docs = tmp_path / "engine.md"
+    docs.write_text(f"intro\n{bench_patching.BEGIN}\nold text\n{bench_patching.END}\noutro\n")
+    monkeypatch.setattr(bench_patching, "DOCS", docs)
+    code = bench_patching.main(["--shapes", "tiny-gpt2,tiny-llama", "--repeats", "1", "--out", str(out),
+                                "--write-docs"])
     assert code == 0
+    text = docs.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old text" not in text
+    assert text.count("<!-- shape:tiny-gpt2 -->") == 1 and text.count("<!-- shape:tiny-llama -->") == 1
+    assert "| this engine |" in text and "all agree: True" in text
     results = json.loads(out.read_text())["results"]
     for shape in results:
         for sweep, entry in shape["sweeps"].items():
@@ -18,6 +26,18 @@ def test_benchmark_runs_every_tool_and_they_agree(tmp_path):
             assert entry["agree"] and entry["cells"] == (16 if sweep == "resid" else 8)
             assert all(t["max_abs_diff"] <= 1e-5 for t in entry["tools"].values())
             assert 0 < entry["floor_fraction"] < 1 and entry["engine_vs_floor"] > 0
+
+
+def test_docs_blocks_are_replaced_per_shape(tmp_path, monkeypatch):
+    docs = tmp_path / "engine.md"
+    block = "<!-- shape:{0} -->\n{1}\n<!-- /shape:{0} -->\n"
+    docs.write_text(f"{bench_patching.BEGIN}\n{block.format('logic-3l', 'a')}{block.format('tiny-gpt2', 'b')}"
+                    f"{bench_patching.END}\n")
+    monkeypatch.setattr(bench_patching, "DOCS", docs)
+    bench_patching.write_docs({"gpt2-small": block.format("gpt2-small", "c"), "tiny-gpt2": block.format("tiny-gpt2", "d")})
+    body = docs.read_text()
+    assert [body.index(x) for x in ("\na\n", "\nc\n", "\nd\n")] == sorted(body.index(x) for x in ("\na\n", "\nc\n", "\nd\n"))
+    assert "\nb\n" not in body
 
 
 def test_floor_fraction_matches_the_issue_definition():
