@@ -28,11 +28,10 @@ def params(*keys: str, path: Path = ROOT / "params.yaml") -> Any:
 def run(main: Callable[[], None]) -> None:
     """Run a stage; expected failures print one line and exit non-zero, without a traceback."""
     from modules.data.validation import DataValidationError
-    from modules.models.logic_model import CheckpointError
 
     try:
         main()
-    except (ValueError, FileNotFoundError, CheckpointError, DataValidationError) as error:
+    except (ValueError, FileNotFoundError, DataValidationError) as error:  # engine errors are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

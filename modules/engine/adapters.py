@@ -232,6 +232,9 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float3
         dtype = getattr(torch, dtype)
     path = Path(name_or_path)
     local = path.exists()
+    looks_local = str(name_or_path).startswith(("/", ".", "~")) or str(name_or_path).count("/") > 1
+    if looks_local and not local:  # not a hub id ("name" or "org/name"): say so, not a hub error
+        raise ModelLoadError(f"no model at {path}: directory not found")
     if local:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"no model at {path}: config.json is missing")

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from modules.io import atomic_dir
 from modules.models.logic_tokenizer import build_logic_tokenizer
-
-
-class CheckpointError(RuntimeError):
-    """A model directory that is missing or cannot be loaded."""
 
 
 def build_logic_model(n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_positions: int = 128,
@@ -49,14 +45,8 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path):
-    """Load (model, tokenizer) from a saved HF directory, with a one-line error if it is absent or broken."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"no model checkpoint at {path} (config.json missing)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except Exception as error:  # transformers raises many types; the user needs one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load model checkpoint at {path}: {first_line}") from None
-    return model.eval(), tokenizer
+    """Load (model, tokenizer) from a saved HF directory through the engine's loader, which
+    fails with one line naming the path when it is absent or broken."""
+    from modules.engine.adapters import load_model
+
+    return load_model(path, attn_implementation="sdpa")

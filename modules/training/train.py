@@ -38,12 +38,13 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
+    threads: int = 0  # CPU threads for torch; 0 = one per core
 
     RANGES = {"n_layer": (1, 48), "n_head": (1, 64), "n_embd": (3, 4096), "lr": (1e-6, 1.0),
               "weight_decay": (0.0, 10.0), "warmup_frac": (0.0, 0.9), "beta2": (0.5, 0.99999),
               "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
               "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
-              "dropout": (0.0, 0.99)}
+              "dropout": (0.0, 0.99), "threads": (0, 1024)}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
@@ -155,7 +156,7 @@ class TrainResult:
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
                       loggers: Sequence = (), callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Fit a fresh model (or resume from ``ckpt_dir/last.ckpt``) and return it with its timings."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
     pl.seed_everything(seed, workers=True, verbose=False)
     tokenizer = build_logic_tokenizer()
     train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)

@@ -97,8 +97,10 @@ def test_load_model_errors(tmp_path):
     tiny.tiny_config("gpt2").save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="no weights at .*safetensors"):
         load_model(tmp_path)
-    with pytest.raises(ModelLoadError, match="cannot load config for"):
+    with pytest.raises(ModelLoadError, match="no model at .*absent-model: directory not found"):
         load_model(tmp_path / "absent-model")
+    with pytest.raises(ModelLoadError, match="cannot load config for no-such-org/no-such-model"):
+        load_model("no-such-org/no-such-model")  # a hub id: offline here, still one line
     bert = tmp_path / "bert"
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(bert)
     (bert / "model.safetensors").write_bytes(b"")

@@ -100,4 +100,4 @@ def test_missing_model_is_a_one_line_error(scratch_project):
     project, env = scratch_project
     proc = run(["python", "-m", "pipelines.evaluate_logic", "--seed", "5"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "error: no model checkpoint at artifacts/logic/models/seed5" in proc.stderr
+    assert "error: no model at artifacts/logic/models/seed5" in proc.stderr

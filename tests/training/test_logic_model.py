@@ -3,7 +3,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 from modules.models.decoding import exact_match, greedy_decode
-from modules.models.logic_model import CheckpointError, build_logic_model, load_checkpoint, save_checkpoint
+from modules.engine.adapters import ModelLoadError
+from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import VOCAB, build_logic_tokenizer
 from modules.training.sequences import answer_loss_mask, encode
 
@@ -32,13 +33,13 @@ def test_checkpoint_is_a_standard_hf_directory(tmp_path):
 
 
 def test_missing_and_corrupt_checkpoints_give_one_line_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="no model checkpoint at .*nowhere"):
+    with pytest.raises(ModelLoadError, match="no model at .*nowhere"):
         load_checkpoint(tmp_path / "nowhere")
     save_checkpoint(build_logic_model(n_embd=24), build_logic_tokenizer(), tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError) as error:
+    with pytest.raises(ModelLoadError) as error:
         load_checkpoint(tmp_path / "m")
-    assert "cannot load model checkpoint" in str(error.value) and "\n" not in str(error.value)
+    assert "cannot load weights for" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_bad_model_shapes_are_rejected():
