@@ -27,6 +27,19 @@ def random_ids(batch: int, seq: int, seed: int = 0, vocab: int = VOCAB) -> torch
     return torch.randint(0, vocab - 1, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
+def gpt2_hidden_states(n: int, seq: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(ids [n, seq], hidden_states) of a tiny random GPT-2 (2 layers, width 32): plain
+    activations for the tests of tensor-level tools (cache, probes)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 50, (n, seq), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return ids, model(ids, output_hidden_states=True).hidden_states
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """Factory ``tiny_model(arch, **config) -> (model, tokenizer)``, built once per session: the

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-import transformers
+from tests.engine.conftest import gpt2_hidden_states
 
 from modules.engine.activation_cache import (ActivationCache, ActivationCacheError, ActivationCacheWriter,
                                             parse_site_key, save_activations, site_key)
@@ -11,12 +11,7 @@ from modules.engine.activation_cache import (ActivationCache, ActivationCacheErr
 @pytest.fixture(scope="module")
 def hidden():
     """Residual stream of a tiny random GPT-2: {"resid_post.{layer}": [n, seq, d]}."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=64)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, 50, (8, 6), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        states = model(ids, output_hidden_states=True).hidden_states
+    ids, states = gpt2_hidden_states(8, 6)
     # hidden_states[l + 1] is the output of block l (the last one after the final norm).
     return {site_key("resid_post", layer): states[layer + 1] for layer in range(2)} | {"tokens": ids}
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-import transformers
+from tests.engine.conftest import gpt2_hidden_states
 
 from modules.engine.probes import probe_grid, split_indices, train_probes
 
@@ -8,12 +8,8 @@ from modules.engine.probes import probe_grid, split_indices, train_probes
 @pytest.fixture(scope="module")
 def token_grid():
     """Tiny random GPT-2 residual stream [layers + 1, positions, n, d]; label: token at position 2 < 25."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=64)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, 50, (240, 4), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        states = torch.stack(model(ids, output_hidden_states=True).hidden_states)  # [3, n, 4, d]
+    ids, hidden = gpt2_hidden_states(240, 4)
+    states = torch.stack(hidden)  # [3, n, 4, d]
     return states.transpose(1, 2), (ids[:, 2] < 25).long()
 
 
