@@ -32,6 +32,8 @@ from modules.engine.hooks import (HEAD_KINDS, RESID_KINDS, SITE_KINDS, Site, cap
 from modules.engine.runner import Runner
 
 Metric = Callable[[Tensor], Tensor]
+# sites whose patches in the last block cannot change the keys and values it computes
+SUFFIX_SAFE = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out", "pattern")
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class _Writes:
             pos.append(p.reshape(-1))
             heads.append(h.reshape(-1))
         rows, prompts, pos, heads = torch.cat(rows), torch.cat(prompts), torch.cat(pos), torch.cat(heads)
-        held = pos >= q_start  # a resid_post patch after the last block, where it is not read
+        held = pos >= q_start  # positions the last block skips: nothing there is read
         rows, prompts, pos, heads = (x[held].to(device) for x in (rows, prompts, pos, heads))
         src = self.source[f"{self.kind}.{layer}"]
         if self.kind in RESID_KINDS:
@@ -274,6 +276,10 @@ def _restart(model, target_ids, attention_mask, kind, cells, source, metric, pos
             hidden, rows = None, torch.empty(0, dtype=torch.long, device=device)
             joined: list[int] = []
             offset = q_start  # first position held in hidden
+            # the last block runs from the first position whose logits are read, when no patch
+            # inside it touches the keys and values of earlier positions
+            read = sorted({p for p in positions if p >= q_start})
+            last_start = read[0] if read and kind in SUFFIX_SAFE else q_start
             for layer in range(min(join[i] for i in members), n_layers + 1):
                 new = [i for i in members if join[i] == layer]
                 if new:
@@ -282,14 +288,15 @@ def _restart(model, target_ids, attention_mask, kind, cells, source, metric, pos
                     hidden = fresh if hidden is None else torch.cat([hidden, fresh])
                     rows = torch.cat([rows, torch.arange(batch, device=device).repeat(len(new))])
                     joined += new
-                    writes.plan(layer - shift, [cells[i] for i in new], first_rows, offset, device)
+                    hooked_last = not direct and layer == n_layers - 1  # its hooks see positions last_start..
+                    writes.plan(layer - shift, [cells[i] for i in new], first_rows,
+                                last_start if hooked_last else offset, device)
                     if direct:
                         writes.apply(layer - shift, hidden)
                 if layer < n_layers - 1:
                     hidden = runner.layer(layer, hidden, q_start, rows)
                 elif layer == n_layers - 1:  # its output is read at the logit positions only
-                    read = sorted({p for p in positions if p >= q_start})
-                    offset = read[0] if read and (direct or layer not in writes.pending) else q_start
+                    offset = last_start
                     last_mlp.keep = torch.tensor([p - offset for p in read], dtype=torch.long, device=device)
                     hidden = (runner.last_layer_at(hidden, q_start, offset, rows) if offset > q_start
                               else runner.layer(layer, hidden, q_start, rows))
