@@ -135,7 +135,8 @@ def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence 
                                              monitor="val_exact_match", mode="max"))
     return pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
-        max_steps=config.max_steps, val_check_interval=config.val_every, check_val_every_n_epoch=None,
+        max_steps=config.max_steps, val_check_interval=min(config.val_every, config.max_steps),
+        check_val_every_n_epoch=None,
         gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False,
         enable_checkpointing=ckpt_dir is not None, callbacks=all_callbacks, num_sanity_val_steps=0,
         enable_progress_bar=False, enable_model_summary=False, deterministic=True,

@@ -1,0 +1,43 @@
+import mlflow
+import pytest
+
+from modules.tracking.mlflow_tracking import tracked_run
+from modules.training.train import TrainConfig
+from modules.training.tune import check_space, run_study
+from tests.training.conftest import TINY
+
+SPACE = {"lr": {"kind": "log_float", "values": [1e-3, 1e-2]}, "batch_size": {"kind": "choice", "values": [16, 32]}}
+
+
+def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    base = TrainConfig.from_params(TINY)
+    kwargs = dict(timeout_s=None, storage=storage, study_name="s", seed=0, trial_max_steps=4,
+                  mlflow_study="tuning-test")
+    with tracked_run("tuning-test", "tune") as parent:
+        first = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=2, **kwargs)
+    assert len(first.trials) == 2
+    # An interrupted or repeated study runs only the trials still missing from its budget.
+    again = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=2, **kwargs)
+    assert len(again.trials) == 2
+    more = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=3, **kwargs)
+    assert len(more.trials) == 3
+    for trial in more.trials:
+        assert 1e-3 <= trial.params["lr"] <= 1e-2 and trial.params["batch_size"] in (16, 32)
+        assert trial.user_attrs["steps"] == 4
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tuning-test").experiment_id])
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in nested) == ["tune-trial-0", "tune-trial-1"]
+    assert all("val_exact_match" in r.data.metrics for r in nested)
+
+
+@pytest.mark.parametrize("space,message", [
+    ({"nope": {"kind": "choice", "values": [1]}}, "'nope' is not a tunable train key"),
+    ({"lr": {"kind": "normal", "values": [0, 1]}}, r"tune.space.lr.kind must be one of"),
+    ({"lr": {"kind": "float", "values": [1]}}, r"tune.space.lr.values must be \[low, high\]"),
+])
+def test_bad_search_space_is_rejected(space, message):
+    with pytest.raises(ValueError, match=message):
+        check_space(space)
