@@ -9,6 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup pipeline test benchmark-training benchmark-patching
+.DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
 
@@ -21,7 +22,8 @@ $(VENV)/.installed: requirements.txt requirements.lock
 # remote it is rebuilt from its seed and must match data.dvc's hash byte for byte.
 data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 	dvc pull -q data.dvc 2>/dev/null || { python -m pipelines.freeze_benchmark >/dev/null && \
-	  [ "$$(dvc status data.dvc --json)" = "{}" ] || { echo "error: data/ does not match data.dvc" >&2; exit 1; }; }
+	  dvc commit -q -f data.dvc && git diff --quiet -- data.dvc || { git checkout -- data.dvc; \
+	  echo "error: data/ rebuilt from its seed does not match data.dvc (generator drift)" >&2; exit 1; }; }
 	touch $@
 
 pipeline: setup
