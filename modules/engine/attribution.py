@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from modules.engine.adapters import EngineError
 from modules.engine.hooks import Site, capture
 from modules.engine.patching import Cell, Metric, check_pair, patch_cells, sweep_grid, _logit_positions
 
@@ -74,9 +75,9 @@ def confirm_top_k(model, target_ids: Tensor, source_ids: Tensor, site: str, metr
                                    **grid_args, **masks)
     grid = sweep_grid(model, site, target_ids.shape[-1], **grid_args)
     if list(scores.shape[:-1]) != grid.shape:
-        raise ValueError(f"scores have grid shape {list(scores.shape[:-1])}, expected {grid.shape}")
+        raise EngineError(f"scores have grid shape {list(scores.shape[:-1])}, expected {grid.shape}")
     if not 1 <= k <= len(grid.cells):
-        raise ValueError(f"k must be in 1..{len(grid.cells)}, got {k}")
+        raise EngineError(f"k must be in 1..{len(grid.cells)}, got {k}")
     flat = scores.reshape(len(grid.cells), -1)
     top = flat.mean(-1).abs().topk(k).indices.tolist()
     cells = [grid.cells[i] for i in top]
