@@ -56,7 +56,8 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "GX_ANALYTICS_ENABLED": "False", "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{dest}/mlflow.db",
            "PYTHONPATH": str(dest)}
-    env.pop("MLFLOW_RUN_ID", None)
+    for inherited in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(inherited, None)  # set in this process by earlier tests' mlflow.set_experiment
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         run(cmd, dest, env)

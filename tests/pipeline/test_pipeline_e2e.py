@@ -10,8 +10,9 @@ from tests.pipeline.conftest import make_project, run
 
 @pytest.fixture(scope="module")
 def scratch_project(tmp_path_factory):
-    """A project copy whose params.yaml the bad-input tests overwrite."""
-    return make_project(tmp_path_factory.mktemp("scratch"))
+    """A project copy whose params.yaml the bad-input tests overwrite (one change at a time)."""
+    project, env = make_project(tmp_path_factory.mktemp("scratch"))
+    return project, env, (project / "params.yaml").read_text()
 
 
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "evaluate_logic@0"]
@@ -83,8 +84,8 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
 ])
 def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
-    project, env = scratch_project
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    project, env, original = scratch_project
+    params = yaml.safe_load(original)
     section, name = key.split("__")
     params["logic"][section][name] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -97,7 +98,7 @@ def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
 
 
 def test_missing_model_is_a_one_line_error(scratch_project):
-    project, env = scratch_project
+    project, env, _ = scratch_project
     proc = run(["python", "-m", "pipelines.evaluate_logic", "--seed", "5"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: no model at artifacts/logic/models/seed5" in proc.stderr
