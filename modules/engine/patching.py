@@ -181,7 +181,7 @@ class _Writes:
         if layer not in self.pending:
             return None
         index, values = self.pending.pop(layer)
-        act.index_put_(index, values.to(act.dtype))
+        act.index_put_(tuple(i.to(act.device) for i in index), values.to(act.device, act.dtype))
         return act
 
 
@@ -203,13 +203,13 @@ class _OnlyAt:
         if self.keep is None:
             return None
         self.length = args[0].shape[1]
-        return (args[0][:, self.keep], *args[1:])
+        return (args[0][:, self.keep.to(args[0].device)], *args[1:])
 
     def post(self, module, args, output):
         if self.keep is None:
             return None
         full = output.new_zeros(output.shape[0], self.length, *output.shape[2:])
-        full[:, self.keep] = output
+        full[:, self.keep.to(output.device)] = output
         return full
 
 
