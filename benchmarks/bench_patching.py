@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="put the tables into docs/engine.md")
     args = parser.parse_args(argv)
     shapes, sweeps, tools = (s.split(",") for s in (args.shapes, args.sweeps, args.tools))
-    for value, allowed, what in ((shapes, SHAPES, "shape"), (sweeps, ("resid", "head"), "sweep"), (tools, TOOLS, "tool")):
+    choices = ((shapes, SHAPES, "shape"), (sweeps, ("resid", "head"), "sweep"), (tools, TOOLS, "tool"))
+    for value, allowed, what in choices:
         bad = [v for v in value if v not in allowed]
         if bad:
             parser.error(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}")

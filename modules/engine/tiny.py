@@ -52,7 +52,8 @@ def tiny_config(arch: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 
                      max_position_embeddings=max_positions, tie_word_embeddings=False, **extra, **common)
     elif arch == "gemma2":
         config = Gemma2Config(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                              num_key_value_heads=kv, head_dim=d_model // n_heads, query_pre_attn_scalar=d_model // n_heads,
+                              num_key_value_heads=kv, head_dim=d_model // n_heads,
+                              query_pre_attn_scalar=d_model // n_heads,
                               intermediate_size=2 * d_model, max_position_embeddings=max_positions,
                               sliding_window=sliding_window or max_positions, **common)
     else:
