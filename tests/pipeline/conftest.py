@@ -18,6 +18,7 @@ TINY_PARAMS = {
     "data": {"seed": 0, "depth": 3, "logop_share": 0.8, "operators": ["and", "or"],
              "sizes": {"train": 400, "val": 80, "test": 120}},
     "validation": {"tolerance": 0.1},
+    "activations": {"n_examples": 50, "batch_size": 20, "examples_per_shard": 30},
     "train": {"seeds": [0], "n_embd": 24, "batch_size": 32, "max_steps": 8, "val_every": 4,
               "val_batch_size": 64},
     "tune": {"n_trials": 2, "timeout_s": 120, "trial_max_steps": 4, "storage": "sqlite:///optuna.db",

@@ -6,6 +6,7 @@ import mlflow
 import pytest
 import yaml
 
+from modules.engine.activation_cache import ActivationCache
 from tests.pipeline.conftest import make_project, run
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,8 @@ def scratch_project(tmp_path_factory):
     return project, env, (project / "params.yaml").read_text()
 
 
-STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "evaluate_logic@0"]
+STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
+          "evaluate_logic@0"]
 
 
 def test_repro_runs_every_stage_and_writes_outputs(repro_project):
@@ -29,6 +31,9 @@ def test_repro_runs_every_stage_and_writes_outputs(repro_project):
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
     seed0 = next(iter(metrics.values()))["data"]["artifacts/logic/metrics/seed0.json"]["data"]
     assert seed0["test"]["n"] == 120 and 0.0 <= seed0["test"]["ci_low"] <= seed0["test"]["exact_match"] <= seed0["test"]["ci_high"]
+    cache = ActivationCache(project / "artifacts/logic/activations/seed0")
+    assert cache.n_examples == 50 and cache.metadata["extra"]["positions"] == [-3, -2, -1]
+    assert cache["resid_post.2"].shape == (50, 3, 24) and cache["resid_pre.0"].shape == (50, 3, 24)
     best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
     assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
 
@@ -46,7 +51,7 @@ def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
     experiment = client.get_experiment_by_name("propositional-logic")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert {"generate", "validate", "tune", "tune-trial-0", "tune-trial-1", "train-seed0",
-            "evaluate-seed0"} <= set(runs)
+            "cache-activations-seed0", "evaluate-seed0"} <= set(runs)
     commit = run(["git", "rev-parse", "HEAD"], project, env).stdout.strip()
     for name in ["generate", "validate", "tune", "train-seed0", "evaluate-seed0"]:
         r = runs[name]
