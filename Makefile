@@ -41,4 +41,4 @@ benchmark-training: setup
 	$(PY) -m benchmarks.bench_training
 
 benchmark-patching: setup
-	$(PY) -m benchmarks.bench_patching
+	$(PY) -m benchmarks.bench_patching --threads 1
