@@ -1,6 +1,7 @@
 """Wiring shared by the stage entry points: params.yaml access and one-line errors."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,18 @@ def params(*keys: str, path: Path = ROOT / "params.yaml") -> Any:
             raise ValueError(f"params.yaml: missing key {'.'.join(keys[:depth + 1])}")
         node = node[key]
     return node
+
+
+def seed_stage_args(description: str, **extra: str) -> argparse.Namespace:
+    """The arguments of a per-seed stage: --seed, --data, --out, plus ``extra`` path options
+    given as name=default."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--data", default="artifacts/logic/data")
+    parser.add_argument("--out", default="artifacts/logic")
+    for name, default in extra.items():
+        parser.add_argument(f"--{name}", default=default)
+    return parser.parse_args()
 
 
 def run(main: Callable[[], None]) -> None:

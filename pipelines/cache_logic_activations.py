@@ -1,6 +1,5 @@
 """Stage: cache one seed's residual-stream activations on test problems, for probes and later
 analyses (safetensors shards + metadata; a DVC output that later stages reuse)."""
-import argparse
 from pathlib import Path
 
 import mlflow
@@ -12,15 +11,11 @@ from modules.engine.activation_cache import save_activations
 from modules.models.logic_model import load_checkpoint
 from modules.tracking.mlflow_tracking import data_hash, tracked_run
 from modules.training.sequences import encode
-from pipelines._stage import LOGIC_STUDY, params, run
+from pipelines._stage import LOGIC_STUDY, params, run, seed_stage_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--data", default="artifacts/logic/data")
-    parser.add_argument("--out", default="artifacts/logic")
-    args = parser.parse_args()
+    args = seed_stage_args(__doc__)
     config = params("logic", "activations")
     model_dir = Path(args.out) / "models" / f"seed{args.seed}"
     test_path = Path(args.data) / "test.parquet"

@@ -1,6 +1,5 @@
 """Stage: exact match of one seed's model on the test split and the frozen benchmark,
 broken down by query chain x operator x source truth values."""
-import argparse
 from pathlib import Path
 
 import mlflow
@@ -11,16 +10,11 @@ from modules.models.logic_model import load_checkpoint
 from modules.tracking.mlflow_tracking import log_table, tracked_run
 from modules.training.evaluate import accuracy_row, breakdown, exact_matches
 from modules.training.plots import breakdown_figure
-from pipelines._stage import LOGIC_STUDY, run
+from pipelines._stage import LOGIC_STUDY, run, seed_stage_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--data", default="artifacts/logic/data")
-    parser.add_argument("--benchmark", default="data/logic_benchmark.parquet")
-    parser.add_argument("--out", default="artifacts/logic")
-    args = parser.parse_args()
+    args = seed_stage_args(__doc__, benchmark="data/logic_benchmark.parquet")
     out = Path(args.out)
     model_dir = out / "models" / f"seed{args.seed}"
     sets = {"test": Path(args.data) / "test.parquet", "benchmark": Path(args.benchmark)}

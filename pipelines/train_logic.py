@@ -1,5 +1,4 @@
 """Stage: train the 3-layer logic model for one seed; resumable from its checkpoints."""
-import argparse
 from pathlib import Path
 
 import mlflow
@@ -10,15 +9,11 @@ from modules.io import atomic_write_text, write_json
 from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
 from modules.training.plots import curve_figure
 from modules.training.train import TrainConfig, export_model, train_logic_model
-from pipelines._stage import LOGIC_STUDY, params, run
+from pipelines._stage import LOGIC_STUDY, params, run, seed_stage_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--data", default="artifacts/logic/data")
-    parser.add_argument("--out", default="artifacts/logic")
-    args = parser.parse_args()
+    args = seed_stage_args(__doc__)
     settings = dict(params("logic", "train"))
     settings.pop("seeds")
     config = TrainConfig.from_params(settings)
