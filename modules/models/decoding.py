@@ -3,30 +3,16 @@ from __future__ import annotations
 
 import torch
 
+from modules.engine.patchscope import generate_greedy
+
 
 @torch.inference_mode()
 def greedy_decode(model, prompt_ids: torch.Tensor, max_new_tokens: int, eos_id: int) -> torch.Tensor:
     """Return [n, max_new_tokens] generated ids; after a sequence emits <eos> it repeats <eos>."""
-    out = model(input_ids=prompt_ids, use_cache=True)
-    past = out.past_key_values
-    next_token = out.logits[:, -1].argmax(-1)
-    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-    generated = []
-    for step in range(max_new_tokens):
-        next_token = torch.where(done, torch.full_like(next_token, eos_id), next_token)
-        generated.append(next_token)
-        done |= next_token == eos_id
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        out = model(input_ids=next_token[:, None], past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        next_token = out.logits[:, -1].argmax(-1)
-    result = torch.stack(generated, dim=1)
-    if result.shape[1] < max_new_tokens:
-        pad = torch.full((result.shape[0], max_new_tokens - result.shape[1]), eos_id,
-                         dtype=result.dtype, device=result.device)
-        result = torch.cat([result, pad], dim=1)
-    return result
+    tokens = generate_greedy(model, prompt_ids, max_new_tokens).tokens
+    ended = (tokens == eos_id).long().cummax(dim=1).values.bool()
+    after_eos = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], dim=1)
+    return torch.where(after_eos, torch.full_like(tokens, eos_id), tokens)
 
 
 def greedy_decode_mixed(model, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
