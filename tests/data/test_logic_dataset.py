@@ -68,12 +68,13 @@ def test_problem_structure(depth):
         variables = [v for r in st.rules for v in (*r.premises, r.conclusion)]
         merges = [r for r in st.rules if r.op]
         assert len(merges) == 1 and merges[0].op == row.operator
-        assert len(set(variables)) == 3 + 2 * depth + (depth - 1) // 2
+        hops = depth - 1  # a chain of depth d has d levels
+        assert len(set(variables)) == 3 + 2 * hops + (hops - 1) // 2
         assert {v for v, _ in st.facts} == {row.linear_source, row.logop_source_a, row.logop_source_b}
         assert {v for v, _ in st.facts} == set(variables) - {r.conclusion for r in st.rules}
-        assert _path_lengths(st, row.query_var) == ([depth] * (2 if row.query_chain == "logop" else 1))
+        assert _path_lengths(st, row.query_var) == ([hops] * (2 if row.query_chain == "logop" else 1))
         a = next(r for r in st.rules if r.op).premises[0]
-        assert _path_lengths(st, a) == [(depth - 1) // 2]  # pre-merge implications
+        assert _path_lengths(st, a) == [(hops - 1) // 2]  # pre-merge implications
         assert row.logop_source_a in {v for v in variables if _reaches(st, v, a)}
         assert row.source_truth == "".join("T" if v else "F" for v in (row.logop_value_a, row.logop_value_b)) \
             + "/" + ("T" if row.linear_value else "F")
@@ -104,9 +105,9 @@ def test_proportions_near_parameters():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"depth": -1}, r"depth must be an int in \[2, 9\], got -1"),
-    ({"depth": 1}, r"depth must be an int in \[2, 9\], got 1"),
-    ({"depth": 10}, r"depth must be an int in \[2, 9\], got 10 \(depth 10 needs 27 variables, only 26"),
+    ({"depth": -1}, r"depth must be an int in \[2, 10\], got -1"),
+    ({"depth": 1}, r"depth must be an int in \[2, 10\], got 1"),
+    ({"depth": 11}, r"depth must be an int in \[2, 10\], got 11 \(depth 11 needs 27 variables, only 26"),
     ({"depth": 3.0}, r"depth must be an int"),
     ({"logop_share": 1.2}, r"logop_share must be a number in \[0, 1\], got 1.2"),
     ({"logop_share": -0.1}, r"logop_share must be a number in \[0, 1\]"),
@@ -177,8 +178,8 @@ def test_flip_pairs(frames):
         assert nl_logop[-1].replace(f"of {row.query_logop}.", f"of {row.query_linear}.") == nl_linear[-1]
         assert solve_natural(row.nl_prompt_logop) == row.nl_answer_logop
         assert solve_natural(row.nl_prompt_linear) == row.nl_answer_linear
-    # Depth 3: the proof's second variable is the merge antecedent whose branch holds the true source.
-    a_true = (pairs.answer_logop.str.split().str[1] == pairs.prompt_logop.str.extract(r"([A-Z]) or")[0]).mean()
+    # Depth 3: the proof's first variable is the true source, itself a merge antecedent.
+    a_true = (pairs.answer_logop.str.split().str[0] == pairs.prompt_logop.str.extract(r"([A-Z]) or")[0]).mean()
     assert 0.35 < a_true < 0.65  # either LogOp source takes the true role
     with pytest.raises(ValueError, match=r"n must be an int >= 1"):
         generate_flip_pairs(0, 0)

@@ -20,7 +20,7 @@ RULES_AND = RULES_OR.replace("E or F", "E and F")
 NL_RULES_OR = ("Rules: T implies U. E or F implies C. A implies E. U implies V. C implies D. S implies T. "
                "B implies F. ")
 
-# The doc's depth-3 problem: LogOp A > E, B > F, E ? F > C, C > D; linear S > T > U > V.
+# The doc's depth-4 problem: LogOp A > E, B > F, E ? F > C, C > D; linear S > T > U > V.
 BASE = Problem("or", ("A", "E"), ("B", "F"), ("C", "D"), ("S", "T", "U", "V"), True, False, True, "logop",
                rule_order=(5, 2, 0, 6, 3, 4, 1), fact_order=(2, 1, 0))
 
@@ -51,7 +51,10 @@ CASES = {
                     "S is true. S implies T; T is true. T implies U; U is true. U implies V; V is true."),
     "linear_false_fact": (replace(BASE, query_chain="linear", linear_value=False),
                           RULES_OR + "facts S 0 B 0 A 1 query V answer", "undetermined", "V is undetermined."),
-    "depth_2": (Problem("or", ("A",), ("B",), ("C", "D"), ("S", "T", "U"), False, True, True, "logop",
+    "depth_2": (Problem("or", ("C",), ("U",), ("Z",), ("V", "R"), True, False, True, "linear",
+                        rule_order=(0, 1), fact_order=(0, 2, 1)),
+                "rules C or U > Z . V > R . facts C 1 V 1 U 0 query R answer", "V R", NL_EXAMPLE_ANSWER),
+    "depth_3": (Problem("or", ("A",), ("B",), ("C", "D"), ("S", "T", "U"), False, True, True, "logop",
                         rule_order=(3, 1, 0, 2), fact_order=(0, 2, 1)),
                 "rules T > U . C > D . A or B > C . S > T . facts A 0 S 1 B 1 query D answer", "B C D",
                 "B is true. A or B implies C; C is true. C implies D; D is true."),
@@ -88,6 +91,7 @@ def test_nl_rendering_of_doc_problem():
 
 def test_spec_nl_example_round_trip_and_solve():
     st = parse_natural_prompt(NL_EXAMPLE)
+    assert st == CASES["depth_2"][0].statement() and CASES["depth_2"][0].depth == 2
     assert st == Statement((Rule(("C", "U"), "or", "Z"), Rule(("V",), None, "R")),
                            (("C", True), ("V", True), ("U", False)), "R")
     assert natural_prompt(st) == NL_EXAMPLE
@@ -97,7 +101,7 @@ def test_spec_nl_example_round_trip_and_solve():
 
 
 def test_few_shot_prompt_matches_doc_and_solves_last_problem():
-    problem, _, answer, nl_answer = CASES["depth_2"]
+    problem, _, answer, nl_answer = CASES["depth_3"]
     text = few_shot_prompt([(NL_EXAMPLE, NL_EXAMPLE_ANSWER)], natural_prompt(problem.statement()))
     assert f"```text\n{text}\n```" in DOC
     assert text.endswith("Answer:") and len(text.split("\n")) == 2

@@ -38,7 +38,7 @@ def test_solver_agrees_with_generator(depth):
 
 
 def test_solver_agrees_at_largest_depths():
-    for depth in range(6, 10):
+    for depth in range(6, 11):
         frame = generate_splits(0, {"check": 100}, depth=depth)["check"]
         assert [solve_compact(p) for p in frame.prompt] == list(frame.answer)
 

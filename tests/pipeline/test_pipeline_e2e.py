@@ -83,8 +83,8 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("data__depth", -1, "params.yaml logic.data.depth must be an int in [2, 9], got -1"),
-    ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 9], got 12 (depth 12 needs"),
+    ("data__depth", -1, "params.yaml logic.data.depth must be an int in [2, 10], got -1"),
+    ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 10], got 12 (depth 12 needs"),
     ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
     ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
 ])

@@ -13,15 +13,20 @@ MIN_DEPTH = 2
 QUERY_CHAINS = ("logop", "linear")
 
 
+def hops(depth: int) -> int:
+    """Rule applications from a source to the query: a chain of depth d has d levels."""
+    return depth - 1
+
+
 def pre_merge_length(depth: int) -> int:
     """Plain implications on each source branch before the merge rule."""
-    return (depth - 1) // 2
+    return (hops(depth) - 1) // 2
 
 
 def variables_needed(depth: int) -> int:
-    a = pre_merge_length(depth)
-    logop = 2 * (1 + a) + (depth - a)  # two branches, then merge conclusion and post-merge chain
-    return logop + depth + 1  # linear chain: source and d conclusions
+    a, h = pre_merge_length(depth), hops(depth)
+    logop = 2 * (1 + a) + (h - a)  # two branches, then merge conclusion and post-merge chain
+    return logop + depth  # linear chain: source and its d-1 conclusions
 
 
 MAX_DEPTH = max(d for d in range(MIN_DEPTH, len(LETTERS)) if variables_needed(d) <= len(LETTERS))
@@ -52,7 +57,7 @@ class Problem:
     branch_a: tuple[str, ...]  # first-written merge antecedent's branch: source, pre-merge conclusions
     branch_b: tuple[str, ...]  # second-written antecedent's branch
     tail: tuple[str, ...]  # merge conclusion, post-merge conclusions; last is the LogOp query
-    linear: tuple[str, ...]  # linear source, its d conclusions; last is the linear query
+    linear: tuple[str, ...]  # linear source, its d-1 conclusions; last is the linear query
     value_a: bool  # truth of branch_a's source
     value_b: bool
     linear_value: bool
@@ -62,7 +67,7 @@ class Problem:
 
     @property
     def depth(self) -> int:
-        return len(self.linear) - 1
+        return len(self.linear)
 
     @property
     def query(self) -> str:
@@ -104,16 +109,16 @@ def sample_problem(rng: random.Random, depth: int = 3, logop_share: float = 0.8,
     Letters are drawn uniformly without replacement, so which branch is written
     first in the merge rule is already uniformly random.
     """
-    a = pre_merge_length(depth)
+    a, h = pre_merge_length(depth), hops(depth)
     letters = rng.sample(LETTERS, variables_needed(depth))
     branch_a, branch_b = tuple(letters[:a + 1]), tuple(letters[a + 1:2 * a + 2])
-    tail = tuple(letters[2 * a + 2:depth + a + 2])
-    linear = tuple(letters[depth + a + 2:])
+    tail = tuple(letters[2 * a + 2:h + a + 2])
+    linear = tuple(letters[h + a + 2:])
     if values is None:
         values = (rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
     operator = rng.choice(list(operators))
     query_chain = "logop" if rng.random() < logop_share else "linear"
-    rule_order = list(range(2 * a + 1 + (depth - a - 1) + depth))
+    rule_order = list(range(2 * a + 1 + (h - a - 1) + h))
     rng.shuffle(rule_order)
     fact_order = [0, 1, 2]
     rng.shuffle(fact_order)
