@@ -1,4 +1,5 @@
-"""Greedy decoding with the KV cache, for prompts of equal length (no padding to mask)."""
+"""Greedy decoding with the KV cache, for prompts of equal length (no padding to mask), and its
+exact match computed in one teacher-forced pass."""
 from __future__ import annotations
 
 import torch
@@ -36,3 +37,18 @@ def exact_match(generated: torch.Tensor, input_ids: torch.Tensor, prompt_lengths
     in_answer = offsets < answer_lengths.unsqueeze(1)
     fits = answer_lengths <= width
     return fits & ((generated == reference) | ~in_answer).all(dim=1)
+
+
+@torch.inference_mode()
+def teacher_forced_exact_match(model, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
+                               lengths: torch.Tensor) -> torch.Tensor:
+    """[n] bool, identical to greedy decoding's exact match, from one forward pass.
+
+    Greedy decoding reproduces answer + <eos> iff every answer position's argmax, given the
+    reference prefix, is the reference token: the first disagreement is exactly where decoding
+    departs. Right padding is never seen by earlier positions (causal attention), so no mask.
+    """
+    predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    target_pos = torch.arange(1, input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    in_answer = (target_pos >= prompt_lengths.unsqueeze(1)) & (target_pos < lengths.unsqueeze(1))
+    return ((predicted == input_ids[:, 1:]) | ~in_answer).all(dim=1)

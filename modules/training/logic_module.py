@@ -1,6 +1,7 @@
-"""LightningModule that trains the small logic model on answer tokens only.
+"""LightningModule that trains the small logic model on answer tokens only (the first one weighted).
 
-Validation measures greedy-decoding exact match of the whole proof (through <eos>).
+Validation measures greedy-decoding exact match of the whole proof (through <eos>), computed in
+one teacher-forced pass (the same number; see ``teacher_forced_exact_match``).
 """
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from modules.models.decoding import exact_match, greedy_decode_mixed
+from modules.models.decoding import teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, answer_loss_mask
+from modules.training.sequences import EncodedSequences, answer_loss_weights
 
 
 class LogicLM(pl.LightningModule):
     def __init__(self, n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_positions: int = 128,
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01,
                  warmup_frac: float = 0.1, beta2: float = 0.98, max_steps: int = 1000,
-                 max_new_tokens: int = 16, seed: int = 0):
+                 first_token_weight: float = 1.0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
@@ -25,8 +26,9 @@ class LogicLM(pl.LightningModule):
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids).logits[:, :-1]
-        mask = answer_loss_mask(batch)
-        loss = F.cross_entropy(logits[mask], batch.input_ids[:, 1:][mask])
+        weights = answer_loss_weights(batch, self.hparams.first_token_weight)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
+        loss = (token_loss * weights).sum() / weights.sum()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -35,9 +37,7 @@ class LogicLM(pl.LightningModule):
         self.log("val_exact_match", correct.float().mean(), batch_size=len(batch), sync_dist=True)
 
     def exact_matches(self, batch: EncodedSequences) -> torch.Tensor:
-        generated = greedy_decode_mixed(self.model, batch.input_ids, batch.prompt_lengths,
-                                        self.hparams.max_new_tokens, self.eos_id)
-        return exact_match(generated, batch.input_ids, batch.prompt_lengths, batch.lengths)
+        return teacher_forced_exact_match(self.model, batch.input_ids, batch.prompt_lengths, batch.lengths)
 
     def on_train_start(self) -> None:
         dataset = self.trainer.train_dataloader.dataset

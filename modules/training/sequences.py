@@ -43,8 +43,18 @@ def encode(tokenizer, prompts: list[str], answers: list[str]) -> EncodedSequence
 
 def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
     """[n, max_len-1] mask over next-token targets that belong to the answer (and its <eos>)."""
-    target_pos = torch.arange(1, batch.input_ids.shape[1]).unsqueeze(0)
+    target_pos = torch.arange(1, batch.input_ids.shape[1], device=batch.input_ids.device).unsqueeze(0)
     return (target_pos >= batch.prompt_lengths.unsqueeze(1)) & (target_pos < batch.lengths.unsqueeze(1))
+
+
+def answer_loss_weights(batch: EncodedSequences, first_token_weight: float = 1.0) -> torch.Tensor:
+    """[n, max_len-1] float weights over next-token targets: 1 on answer tokens and <eos>, 0
+    elsewhere, and ``first_token_weight`` on the first answer token, the one decision that
+    needs the whole multi-hop search (the rest of a proof follows rule by rule)."""
+    weights = answer_loss_mask(batch).float()
+    rows = torch.arange(len(batch), device=weights.device)
+    weights[rows, batch.prompt_lengths.to(weights.device) - 1] *= first_token_weight
+    return weights
 
 
 def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:

@@ -28,6 +28,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     beta2: float = 0.98
+    first_token_weight: float = 1.0
+    balance_query_chains: bool = False
     batch_size: int = 128
     max_steps: int = 6000
     val_every: int = 250
@@ -42,6 +44,7 @@ class TrainConfig:
 
     RANGES = {"n_layer": (1, 48), "n_head": (1, 64), "n_embd": (3, 4096), "lr": (1e-6, 1.0),
               "weight_decay": (0.0, 10.0), "warmup_frac": (0.0, 0.9), "beta2": (0.5, 0.99999),
+              "first_token_weight": (0.0, 100.0),
               "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
               "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
               "dropout": (0.0, 0.99), "threads": (0, 1024)}
@@ -57,6 +60,9 @@ class TrainConfig:
             value = getattr(config, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"train.{key} must be a number in [{low}, {high}], got {value!r}")
+        for key in ("stop_on_perfect", "balance_query_chains"):
+            if not isinstance(getattr(config, key), bool):
+                raise ValueError(f"train.{key} must be true or false, got {getattr(config, key)!r}")
         if config.n_embd % config.n_head:
             raise ValueError(f"train.n_embd ({config.n_embd}) must be divisible by train.n_head ({config.n_head})")
         return config
@@ -112,6 +118,19 @@ class PerfectAccuracyStop(Callback):
             trainer.should_stop = True
 
 
+def balance_query_chains(frame):
+    """Repeat the rows of each rarer query chain so every chain is about equally common.
+
+    An experiment, off by default: with the 80/20 LogOp/linear mix the model learns LogOp
+    queries first and linear ones last, but balanced batches measured worse on the held-out
+    mix (val exact match 0.52 against 0.82 after 3,000 steps; README). Row order is kept;
+    the batch stream shuffles.
+    """
+    counts = frame["query_chain"].value_counts()
+    repeats = frame["query_chain"].map(lambda chain: max(1, round(counts.max() / counts[chain])))
+    return frame.loc[frame.index.repeat(repeats.to_numpy())]
+
+
 def encode_frame(tokenizer, frame) -> EncodedSequences:
     return encode(tokenizer, frame["prompt"].tolist(), frame["answer"].tolist())
 
@@ -130,7 +149,7 @@ def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence 
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     all_callbacks = list(callbacks)
     if ckpt_dir is not None:
-        all_callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True,
+        all_callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", save_last=True,
                                              every_n_train_steps=config.val_every, save_top_k=1,
                                              monitor="val_exact_match", mode="max"))
     return pl.Trainer(
@@ -160,13 +179,15 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
     pl.seed_everything(seed, workers=True, verbose=False)
     tokenizer = build_logic_tokenizer()
+    if config.balance_query_chains:
+        train_frame = balance_query_chains(train_frame)
     train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)
     n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
-    max_new_tokens = int(max((train.lengths - train.prompt_lengths).max(), (val.lengths - val.prompt_lengths).max()))
     module = LogicLM(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                      n_positions=n_positions, dropout=config.dropout, lr=config.lr,
                      weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
-                     max_steps=config.max_steps, max_new_tokens=max_new_tokens, seed=seed)
+                     max_steps=config.max_steps,
+                     first_token_weight=config.first_token_weight, seed=seed)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed)

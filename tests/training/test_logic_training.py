@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from modules.models.decoding import teacher_forced_exact_match
 from modules.training.evaluate import breakdown, exact_matches
+from modules.training.sequences import encode
 from modules.training.train import TrainConfig, export_model, train_logic_model
 from modules.models.logic_model import load_checkpoint
 from tests.training.conftest import TINY
@@ -51,6 +53,10 @@ def test_evaluation_breakdown_counts_every_problem(small_splits, tmp_path):
     test = small_splits["test"]
     correct = exact_matches(model, tokenizer, test, batch_size=64)
     # A model this undertrained answers "undetermined" or little else; score it by hand.
+    assert 0 < correct.sum() < len(test)
+    data = encode(tokenizer, test["prompt"].tolist(), test["answer"].tolist())
+    one_pass = teacher_forced_exact_match(model, data.input_ids, data.prompt_lengths, data.lengths)
+    assert one_pass.tolist() == correct.tolist()  # validation's one-pass score is greedy decoding's
     table = breakdown(test, correct)
     assert table["n"].sum() == len(test)
     for row in table.itertuples():
@@ -61,8 +67,19 @@ def test_evaluation_breakdown_counts_every_problem(small_splits, tmp_path):
         assert row.ci_low <= row.exact_match <= row.ci_high
 
 
+def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
+    from modules.training.train import balance_query_chains
+    train = small_splits["train"]
+    balanced = balance_query_chains(train)
+    counts, before = balanced.query_chain.value_counts(), train.query_chain.value_counts()
+    assert counts["logop"] == before["logop"] and 0.8 < counts["linear"] / counts["logop"] < 1.25
+    assert set(balanced.id) == set(train.id)  # the same problems, the rarer chain repeated
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("lr", -1.0, r"train.lr must be a number in"),
+    ("first_token_weight", -1, r"train.first_token_weight must be a number in \[0.0, 100.0\]"),
+    ("balance_query_chains", "yes", r"train.balance_query_chains must be true or false"),
     ("batch_size", 0, r"train.batch_size must be a number in"),
     ("n_embd", 32, r"train.n_embd \(32\) must be divisible by train.n_head \(3\)"),
     ("bogus", 1, r"train: unknown key\(s\) \['bogus'\]"),
