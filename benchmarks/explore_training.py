@@ -1,0 +1,147 @@
+"""Search training recipes for the small logic model quickly (any device, no tracking).
+
+A plain PyTorch loop over the same model, tokenizer and encoding as the pipeline. It reports
+teacher-forced exact match on the validation split, which for greedy decoding is the same
+quantity the pipeline reports (a proof decodes exactly iff every answer token, <eos> included,
+is the argmax given the correct prefix). Use it to pick ``params.yaml`` defaults; the figures
+that count come from ``bench_training.py``.
+
+    python -m benchmarks.explore_training --config '{"n_embd": 120, "lr": 0.003}' --steps 6000
+    python -m benchmarks.explore_training --summarize benchmarks/results/explore-*.jsonl
+
+Many recipes run side by side on one GPU box by starting one process per config line.
+Recorded searches are in ``benchmarks/results/explore-*.jsonl`` (one JSON line per evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from modules.data.logic.dataset import generate_splits
+from modules.models.logic_model import build_logic_model
+from modules.models.logic_tokenizer import build_logic_tokenizer
+from modules.models.decoding import teacher_forced_exact_match
+from modules.training.sequences import BatchStream, answer_loss_weights, encode
+
+DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
+                weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
+                extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None)
+
+
+def teacher_forced(model, data, batch_size=2000):
+    """Exact match (greedy decoding's, in one pass) and first-answer-token accuracy."""
+    exact, first = [], []
+    for start in range(0, len(data), batch_size):
+        ids, prompt_lengths, lengths = (t[start:start + batch_size] for t in
+                                        (data.input_ids, data.prompt_lengths, data.lengths))
+        exact.append(teacher_forced_exact_match(model, ids, prompt_lengths, lengths))
+        first.append(teacher_forced_exact_match(model, ids, prompt_lengths, prompt_lengths + 1))
+    return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
+
+
+def summarize(paths: list[str]) -> str:
+    """A markdown table, one row per recorded run: its last evaluation and its best."""
+    lines = ["| file | config | steps | val exact (last) | val exact (best) | first token (last) |",
+             "|---|---|---|---|---|---|"]
+    for path in paths:
+        runs: list[list[dict]] = []  # a run's evaluations are contiguous, steps rising
+        for line in open(path):
+            record = json.loads(line)
+            if "step" not in record:
+                continue
+            if not runs or record["step"] <= runs[-1][-1]["step"] or record["config"] != runs[-1][-1]["config"]:
+                runs.append([])
+            runs[-1].append(record)
+        for records in runs:
+            key = json.dumps(records[0]["config"], sort_keys=True)
+            last = records[-1]
+            best = max(r["val_exact"] for r in records)
+            lines.append(f"| {path.rsplit('/', 1)[-1]} | `{key}` | {last['step']} | {last['val_exact']:.3f} "
+                         f"| {best:.3f} | {last['val_first_token']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summarize", nargs="+", metavar="JSONL", help="print a table of recorded runs and exit")
+    parser.add_argument("--config", default="{}")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--stop-at-perfect", action="store_true")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    cfg = {**DEFAULTS, **json.loads(args.config)}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    tokenizer = build_logic_tokenizer()
+    splits = generate_splits(cfg["data_seed"], {"train": cfg["train_size"], "val": 2000}, depth=cfg["depth"])
+    if cfg["train_logop_share"] is not None:  # a training mix of query chains unlike the held-out one
+        splits["train"] = generate_splits(cfg["data_seed"] + 1, {"train": cfg["train_size"]}, depth=cfg["depth"],
+                                          logop_share=cfg["train_logop_share"])["train"]
+    prompts, answers = list(splits["train"].prompt), list(splits["train"].answer)
+    for depth in cfg["extra_depths"]:
+        n = int(cfg["train_size"] * cfg["extra_share"] / len(cfg["extra_depths"]))
+        extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth)["train"]
+        prompts += list(extra.prompt)
+        answers += list(extra.answer)
+    train = encode(tokenizer, prompts, answers)
+    val = encode(tokenizer, list(splits["val"].prompt), list(splits["val"].answer))
+    val = type(val)(val.input_ids.to(device), val.prompt_lengths.to(device), val.lengths.to(device))
+    seen = type(train)(*(t[:2000].to(device) for t in (train.input_ids, train.prompt_lengths, train.lengths)))
+    model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg["lr"], betas=(0.9, cfg["beta2"]))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=args.steps,
+                                                   pct_start=cfg["warmup_frac"], anneal_strategy="cos",
+                                                   cycle_momentum=False)
+    stream = BatchStream(train, cfg["batch_size"], cfg["seed"], args.steps)
+    start, train_time = time.perf_counter(), 0.0
+    for step in range(1, args.steps + 1):
+        tic = time.perf_counter()
+        batch = stream[step - 1]
+        ids = batch.input_ids.to(device)
+        logits = model(input_ids=ids).logits[:, :-1]
+        token_loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        weight = answer_loss_weights(batch, cfg["first_token_weight"]).to(device)
+        loss = (token_loss * weight).sum() / weight.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        schedule.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time += time.perf_counter() - tic
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            exact, first = teacher_forced(model, val)
+            train_exact, _ = teacher_forced(model, seen)
+            model.train()
+            print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
+                              "val_exact": exact, "val_first_token": first, "train_exact": train_exact,
+                              "train_s": round(train_time, 1), "wall_s": round(time.perf_counter() - start, 1)}),
+                  flush=True)
+            if args.stop_at_perfect and exact == 1.0:
+                break
+    model.eval()
+    ok = teacher_forced_exact_match(model, val.input_ids, val.prompt_lengths, val.lengths).cpu().numpy()
+    frame = splits["val"].assign(ok=ok)
+    print(json.dumps({"config": json.loads(args.config), "breakdown": {
+        f"{k[0]}/{k[1]}/{k[2]}": round(v, 3)
+        for k, v in frame.groupby(["query_chain", "operator", "derivable"]).ok.mean().items()}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
