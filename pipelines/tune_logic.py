@@ -30,8 +30,8 @@ def main() -> None:
         best = {f"logic.train.{k}": v for k, v in study.best_params.items()}
         mlflow.log_metric("best_val_exact_match", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
-        write_yaml({"best_value": float(study.best_value), "trials": len(study.trials), "params": best},
-                   args.out)
+        write_yaml({"study": study.study_name, "best_value": float(study.best_value), "trials": len(study.trials),
+                    "params": best}, args.out)
         mlflow.log_artifact(args.out)
     overrides = " ".join(f"-S {k}={v}" for k, v in best.items())
     print(f"best val exact match {study.best_value:.4f}; train with them: dvc exp run {overrides}")

@@ -1,10 +1,13 @@
 """Optuna study over training hyper-parameters, pruned through Lightning, one nested MLflow run a trial."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from typing import Any, Mapping
 
 import optuna
+import pandas as pd
 from optuna_integration import PyTorchLightningPruningCallback
 
 from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
@@ -37,19 +40,35 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
     return chosen
 
 
+def settings_fingerprint(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Any],
+                         trial_max_steps: int, seed: int) -> str:
+    """Short hash of everything a trial's score depends on (data, training settings, search space,
+    trial length, seed), but not of the budget (trial count, timeout) or where it runs."""
+    execution = {"accelerator", "devices", "strategy", "threads"}
+    settings = {k: v for k, v in base.as_dict().items() if k not in execution}
+    digest = hashlib.sha256(json.dumps({"train": settings, "space": space, "trial_max_steps": trial_max_steps,
+                                        "seed": seed}, sort_keys=True, default=str).encode())
+    for frame in (train_frame, val_frame):
+        digest.update(pd.util.hash_pandas_object(frame[["prompt", "answer"]], index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
 def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Mapping[str, Any]], *,
               n_trials: int, timeout_s: float | None, storage: str, study_name: str, seed: int,
               trial_max_steps: int, mlflow_study: str) -> optuna.Study:
     """Run a study maximising validation exact match until it holds ``n_trials`` finished trials.
 
     The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a shared RDB for
-    several workers) and is resumed with ``load_if_exists``.
+    several workers) as ``<study_name>-<settings fingerprint>`` and is resumed with
+    ``load_if_exists``: the same settings resume, other data or settings start a new study, so a
+    study never mixes trials whose scores cannot be compared.
     """
     check_space(space)
     if n_trials < 1:
         raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
+    fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
     study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+        study_name=f"{study_name}-{fingerprint}", storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 

@@ -36,6 +36,7 @@ def test_repro_runs_every_stage_and_writes_outputs(repro_project):
     assert cache["resid_post.2"].shape == (50, 3, 24) and cache["resid_pre.0"].shape == (50, 3, 24)
     best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
     assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
+    assert best["study"].startswith("logic-gpt2-")  # named by its settings fingerprint
 
 
 def test_second_repro_is_a_no_op(repro_project):

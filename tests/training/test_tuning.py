@@ -26,6 +26,12 @@ def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_pa
     for trial in more.trials:
         assert 1e-3 <= trial.params["lr"] <= 1e-2 and trial.params["batch_size"] in (16, 32)
         assert trial.user_attrs["steps"] == 4
+    assert more.study_name == first.study_name and more.study_name.startswith("s-")
+    # Other settings never resume (or pollute) a study whose trials were scored differently.
+    longer = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=1,
+                       **{**kwargs, "trial_max_steps": 5})
+    assert longer.study_name != first.study_name and len(longer.trials) == 1
+    assert longer.trials[0].user_attrs["steps"] == 5
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("tuning-test").experiment_id])
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
