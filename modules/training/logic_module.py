@@ -22,7 +22,6 @@ class LogicLM(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
-        self.eos_id = self.model.config.eos_token_id
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids).logits[:, :-1]
