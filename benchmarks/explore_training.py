@@ -19,13 +19,12 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from modules.data.logic.dataset import generate_splits
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import teacher_forced_exact_match
-from modules.training.sequences import BatchStream, answer_loss_weights, encode
+from modules.training.sequences import BatchStream, answer_loss, encode
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
@@ -112,10 +111,7 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        logits = model(input_ids=ids).logits[:, :-1]
-        token_loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        weight = answer_loss_weights(batch, cfg["first_token_weight"]).to(device)
-        loss = (token_loss * weight).sum() / weight.sum()
+        loss = answer_loss(model(input_ids=ids).logits[:, :-1], batch, cfg["first_token_weight"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

@@ -49,6 +49,11 @@ def teacher_forced_exact_match(model, input_ids: torch.Tensor, prompt_lengths: t
     departs. Right padding is never seen by earlier positions (causal attention), so no mask.
     """
     predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
-    target_pos = torch.arange(1, input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-    in_answer = (target_pos >= prompt_lengths.unsqueeze(1)) & (target_pos < lengths.unsqueeze(1))
+    in_answer = answer_targets(input_ids, prompt_lengths, lengths)
     return ((predicted == input_ids[:, 1:]) | ~in_answer).all(dim=1)
+
+
+def answer_targets(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[n, len-1] bool over next-token targets: True where the target is an answer token or <eos>."""
+    target_pos = torch.arange(1, input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    return (target_pos >= prompt_lengths.unsqueeze(1)) & (target_pos < lengths.unsqueeze(1))

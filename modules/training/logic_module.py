@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
 from modules.models.decoding import teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, answer_loss_weights
+from modules.training.sequences import EncodedSequences, answer_loss
 
 
 class LogicLM(pl.LightningModule):
@@ -25,9 +24,7 @@ class LogicLM(pl.LightningModule):
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids).logits[:, :-1]
-        weights = answer_loss_weights(batch, self.hparams.first_token_weight)
-        token_loss = F.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
-        loss = (token_loss * weights).sum() / weights.sum()
+        loss = answer_loss(logits, batch, self.hparams.first_token_weight)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from modules.models.decoding import answer_targets
 
 
 @dataclass
@@ -43,8 +46,7 @@ def encode(tokenizer, prompts: list[str], answers: list[str]) -> EncodedSequence
 
 def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
     """[n, max_len-1] mask over next-token targets that belong to the answer (and its <eos>)."""
-    target_pos = torch.arange(1, batch.input_ids.shape[1], device=batch.input_ids.device).unsqueeze(0)
-    return (target_pos >= batch.prompt_lengths.unsqueeze(1)) & (target_pos < batch.lengths.unsqueeze(1))
+    return answer_targets(batch.input_ids, batch.prompt_lengths, batch.lengths)
 
 
 def answer_loss_weights(batch: EncodedSequences, first_token_weight: float = 1.0) -> torch.Tensor:
@@ -55,6 +57,14 @@ def answer_loss_weights(batch: EncodedSequences, first_token_weight: float = 1.0
     rows = torch.arange(len(batch), device=weights.device)
     weights[rows, batch.prompt_lengths.to(weights.device) - 1] *= first_token_weight
     return weights
+
+
+def answer_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean next-token cross-entropy over the answer; ``logits`` are [n, len-1, vocab]."""
+    weights = answer_loss_weights(batch, first_token_weight).to(logits.device)
+    targets = batch.input_ids[:, 1:].to(logits.device)
+    token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (token_loss * weights).sum() / weights.sum()
 
 
 def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:
