@@ -348,6 +348,21 @@ def _validate(context, batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expect
     return outcomes
 
 
+def _publish(batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expectation], dict]], docs_dir: Path
+             ) -> list[Outcome]:
+    """Run the suites and replace the Data Docs site at ``docs_dir`` in one rename."""
+    docs_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=docs_dir.parent, prefix=f".{docs_dir.name}.new-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the site is meant to be shared
+    try:
+        outcomes = _validate(_context(staging), batches)
+        replace_dir(staging, docs_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return outcomes
+
+
 def validate_logic_splits(split_paths: Mapping[str, Path],
                           params: Mapping[str, Any] | ValidationParams,
                           docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
@@ -371,16 +386,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path],
     for name, expectations in cross_split_expectations().items():
         batches[name] = (cross[name], expectations, cross_format)
 
-    docs_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=docs_dir.parent, prefix=f".{docs_dir.name}.new-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the site is meant to be shared
-    try:
-        outcomes = _validate(_context(staging), batches)
-        replace_dir(staging, docs_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
+    outcomes = _publish(batches, docs_dir)
     report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
                               rows={name: len(frame) for name, (frame, _, _) in batches.items()},
                               docs_index=docs_dir / "index.html", summary_path=summary_path)
@@ -400,3 +406,72 @@ def summary_dict(report: ValidationReport, params: ValidationParams) -> dict:
         splits[name]["rows"] = rows
     return {"success": report.success, "params": asdict(params), "splits": splits,
             "failures": [f"{o.split}: {o.expectation}" for o in report.failures()]}
+
+
+# ---- query-flip pairs (the LLM prompts) ---------------------------------------------------------
+
+PAIR_COLUMNS: dict[str, str] = {
+    "pair_id": "str", "depth": "int64",
+    **{f"{name}_{chain}": "str" for chain in QUERY_CHAINS
+       for name in ("prompt", "answer", "nl_prompt", "nl_answer", "query", "first")},
+}
+PAIRS = "flip_pairs"
+
+
+def pair_check_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pair columns plus what the pair expectations read: each chain's solver answer, whether
+    the two prompts share their rules and facts, and whether the first proof variables differ."""
+    out = frame.copy()
+
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
+
+    for chain in QUERY_CHAINS:
+        out[f"solver_answer_{chain}"] = column(f"prompt_{chain}").map(lambda p: _solve(p)[0]).astype(object)
+        out[f"solved_first_{chain}"] = out[f"solver_answer_{chain}"].map(
+            lambda a: a.split()[0] if isinstance(a, str) and a and not a.startswith("unsolvable") else None)
+        out[f"nl_ends_with_answer_{chain}"] = column(f"nl_prompt_{chain}").map(
+            lambda p: isinstance(p, str) and p.endswith("Answer:"))
+    head = lambda p: p.split(" query ")[0] if isinstance(p, str) else None  # noqa: E731
+    out["same_rules_facts"] = column("prompt_logop").map(head) == column("prompt_linear").map(head)
+    out["firsts_differ"] = column("first_logop") != column("first_linear")
+    return out
+
+
+def pair_expectations() -> list[gxe.Expectation]:
+    checks: list[gxe.Expectation] = []
+    for column, dtype in PAIR_COLUMNS.items():
+        checks.append(gxe.ExpectColumnTypeToBe(column=column, type_=dtype))
+        checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    checks.append(gxe.ExpectColumnValuesToBeUnique(column="pair_id"))
+    for chain in QUERY_CHAINS:
+        checks += [
+            gxe.ExpectColumnPairValuesToBeEqual(column_A=f"answer_{chain}", column_B=f"solver_answer_{chain}",
+                                                notes="the independent solver re-derives every answer"),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A=f"first_{chain}", column_B=f"solved_first_{chain}",
+                                                notes="the first proof variable is the solver's"),
+            gxe.ExpectColumnValuesToBeInSet(column=f"nl_ends_with_answer_{chain}", value_set=[True]),
+        ]
+    checks += [
+        gxe.ExpectColumnValuesToBeInSet(column="same_rules_facts", value_set=[True],
+                                        notes="rules and facts are byte-identical; only the query differs"),
+        gxe.ExpectColumnValuesToBeInSet(column="firsts_differ", value_set=[True],
+                                        notes="the query alone decides the first proof token"),
+    ]
+    return checks
+
+
+def validate_flip_pairs(path: Path, docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
+    """Validate a Parquet file of query-flip pairs; Data Docs at `docs_dir`, JSON summary beside."""
+    docs_dir = Path(docs_dir).resolve()
+    summary_path = Path(summary_path) if summary_path else docs_dir / "validation_summary.json"
+    _check_docs_dir(docs_dir)
+    frame = _read_split(PAIRS, path)
+    summary_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
+    outcomes = _publish({PAIRS: (pair_check_frame(frame), pair_expectations(), summary_format)}, docs_dir)
+    report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
+                              rows={PAIRS: len(frame)}, docs_index=docs_dir / "index.html",
+                              summary_path=summary_path)
+    write_json({"success": report.success, "rows": len(frame), "outcomes": [asdict(o) for o in outcomes],
+                "failures": [o.expectation for o in report.failures()]}, summary_path)
+    return report

@@ -98,6 +98,30 @@ def normalized_effect(patched: Tensor, clean: Tensor, corrupt: Tensor, on_degene
     return torch.where(degenerate, torch.full_like(effect, float("nan")), effect)
 
 
+def _as_examples(values: Tensor | np.ndarray, name: str = "values") -> np.ndarray:
+    x = values.detach().cpu().double().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
+    if x.ndim == 0 or x.shape[0] < 1:
+        raise ValueError(f"{name} must have a leading example axis with n >= 1, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or inf; drop degenerate examples before the bootstrap")
+    return x
+
+
+def _bootstrap_weights(n: int, n_boot: int, alpha: float, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` resampling weights (multinomial counts / n), one draw shared by all cells."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+
+
+def _as_result(mean: np.ndarray, boot: np.ndarray, alpha: float, shape: tuple) -> MeanCI:
+    low, high = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)  # NaN: an undefined resample
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a).reshape(shape))  # noqa: E731
+    return MeanCI(as_tensor(mean), as_tensor(low), as_tensor(high))
+
+
 def mean_with_ci(values: Tensor | np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> MeanCI:
     """Mean over the leading (example) axis with a percentile bootstrap CI.
 
@@ -106,23 +130,31 @@ def mean_with_ci(values: Tensor | np.ndarray, n_boot: int = 1000, alpha: float =
     the same seed gives the same bytes. Resampling is a multinomial count matrix times the
     values, so memory is ``n_boot * (n + cells)`` rather than ``n_boot * n * cells``.
     """
-    x = values.detach().cpu().double().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
-    if x.ndim == 0 or x.shape[0] < 1:
-        raise ValueError(f"values must have a leading example axis with n >= 1, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("values contain NaN or inf; drop degenerate examples before mean_with_ci")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    n = x.shape[0]
-    flat = x.reshape(n, -1)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    boot = (counts / n) @ flat
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
-    shape = x.shape[1:]
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a).reshape(shape))  # noqa: E731
-    return MeanCI(as_tensor(flat.mean(0)), as_tensor(low), as_tensor(high))
+    x = _as_examples(values)
+    flat = x.reshape(x.shape[0], -1)
+    boot = _bootstrap_weights(x.shape[0], n_boot, alpha, seed) @ flat
+    return _as_result(flat.mean(0), boot, alpha, x.shape[1:])
+
+
+def ratio_of_means_ci(numerator: Tensor | np.ndarray, denominator: Tensor | np.ndarray, n_boot: int = 1000,
+                      alpha: float = 0.05, seed: int = 0) -> MeanCI:
+    """mean(numerator) / mean(denominator) over the leading (example) axis, per cell, with a
+    percentile bootstrap CI that resamples examples jointly (same draw as :func:`mean_with_ci`).
+
+    Used for normalised patching effects and kept shares of a logit difference, where a mean of
+    per-example ratios would be dominated by examples with a near-zero denominator.
+    """
+    num, den = _as_examples(numerator, "numerator"), _as_examples(denominator, "denominator")
+    if num.shape != den.shape:
+        raise ValueError(f"numerator {num.shape} and denominator {den.shape} must have the same shape")
+    flat_num, flat_den = num.reshape(num.shape[0], -1), den.reshape(den.shape[0], -1)
+    if (flat_den.mean(0) == 0).any():
+        raise ValueError("ratio_of_means_ci: a cell's denominator has mean 0")
+    weights = _bootstrap_weights(num.shape[0], n_boot, alpha, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = (weights @ flat_num) / (weights @ flat_den)
+    boot = np.where(np.isfinite(boot), boot, np.nan)
+    return _as_result(flat_num.mean(0) / flat_den.mean(0), boot, alpha, num.shape[1:])
 
 
 def wilson_ci(successes: int | Tensor, total: int | Tensor, alpha: float = 0.05) -> MeanCI:

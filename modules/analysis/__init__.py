@@ -1,0 +1,1 @@
+"""Study analyses: the data generators, models and engine put together to answer one study's questions."""
