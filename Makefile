@@ -29,7 +29,7 @@ data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 pipeline: setup
 	dvc repro
 	@echo
-	@dvc metrics show
+	@dvc metrics show 2>/dev/null  # quiet about the GPU pipeline's metrics, absent until it runs
 	@echo
 	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000"
