@@ -7,8 +7,6 @@ head patching must single it out, through its values and not its queries or keys
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast

@@ -72,7 +72,8 @@ def test_llm_runs_are_in_mlflow_with_nested_patching_runs(llm_project):
 
 def test_missing_model_is_one_line_naming_the_path(llm_project, tmp_path):
     project, env, _ = llm_project
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     missing = project / "models" / "no-such-model"
     params["logic_llm"]["model"] = str(missing)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -80,7 +81,7 @@ def test_missing_model_is_one_line_naming_the_path(llm_project, tmp_path):
         proc = run(["python", "-m", "pipelines.logic_llm_study", "--out", str(tmp_path / "study"),
                     "--metrics", str(tmp_path / "metrics.json")], project, env, check=False)
     finally:
-        run(["git", "checkout", "params.yaml"], project, env, check=False)
+        (project / "params.yaml").write_text(original)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: no model at {missing}: directory not found"]
     assert not (tmp_path / "study").exists() and not (tmp_path / "metrics.json").exists()
