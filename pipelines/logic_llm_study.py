@@ -33,7 +33,7 @@ def main() -> None:
         with atomic_dir(args.out) as tmp:
             write_study(result, tmp, model_name, mlflow_run.info.run_id)
         write_json(study_metrics(result.summary), args.metrics)
-        log_study(result, model_name, data_hash([args.prompts]))
+        log_study(result, model_name, data_hash([args.prompts]), Path(args.out) / "figures")
     accuracy = result.summary["accuracy"]["all"]
     print(f"{model_name}: first-token accuracy {accuracy['first_token']['mean']:.3f} "
           f"(n={accuracy['n']}), {len(result.summary['circuit'])} circuit heads; results at {args.out}")

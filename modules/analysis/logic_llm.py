@@ -19,6 +19,7 @@ Ratios of means are used (not means of per-example ratios), with a bootstrap CI 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -302,8 +303,8 @@ def attention_stats(model, examples: Examples, batch_size: int = 8) -> dict[str,
             start = int(examples.context_start[i])
             context = w[..., start:]
             top2 = context.topk(2, dim=-1).indices.sort(-1).values + start
-            targets = sorted({int(examples.start_pos[i]), int(examples.fact_pos[i])})
-            hit = (top2 == torch.tensor(targets)).all(-1) if len(targets) == 2 else torch.zeros(top2.shape[:-1], dtype=torch.bool)
+            targets = torch.tensor(sorted((int(examples.start_pos[i]), int(examples.fact_pos[i]))))
+            hit = (top2 == targets).all(-1)  # a rule token and a facts token: always two positions
             others = w.clone()
             others[..., int(examples.query_pos[i])] = 0
             out["conclusion"][i] = at(examples.conclusion_pos[i])
@@ -621,8 +622,6 @@ def study_metrics(summary: Mapping) -> dict[str, float]:
 def write_study(result: StudyResult, out_dir, model_name: str, run_id: str = "") -> None:
     """summary.json, heads.csv, tensors.safetensors and figures/ under ``out_dir``
     (the caller makes it atomic)."""
-    from pathlib import Path
-
     from safetensors.torch import save_file
 
     from modules.io import write_json
@@ -637,20 +636,20 @@ def write_study(result: StudyResult, out_dir, model_name: str, run_id: str = "")
         figure.savefig(out / "figures" / name, dpi=110)
 
 
-def log_study(result: StudyResult, model_name: str, dataset_hash: str) -> None:
-    """Into the active MLflow run: metrics, summary, head table and tensors; one nested run per
-    patched site (heatmap, effects table with CIs, tensors) through the engine's run logger."""
+def log_study(result: StudyResult, model_name: str, dataset_hash: str, figures_dir) -> None:
+    """Into the active MLflow run: metrics, summary, head table, tensors and the figures that
+    :func:`write_study` saved in ``figures_dir``; one nested run per patched site (heatmap,
+    effects table with CIs, tensors) through the engine's run logger."""
     import mlflow
 
     from modules.engine.tracking import log_engine_run
-    from modules.tracking.mlflow_tracking import log_figure, log_json, log_table, log_tensors
+    from modules.tracking.mlflow_tracking import log_json, log_table, log_tensors
 
     mlflow.log_metrics(study_metrics(result.summary))
     log_json(result.summary, "summary.json")
     log_table(result.head_table, "heads.csv")
     log_tensors(result.tensors, "tensors.safetensors")
-    for name, figure in study_figures(result, model_name).items():
-        log_figure(figure, f"figures/{name}")
+    mlflow.log_artifacts(str(figures_dir), artifact_path="figures")
     for site in result.summary["patching"]:
         ci = (result.tensors[f"effect_ci_low.{site}"], result.tensors[f"effect_ci_high.{site}"])
         log_engine_run("patching", result.tensors[f"effect.{site}"], model=model_name, dataset_hash=dataset_hash,
