@@ -28,7 +28,8 @@ from modules.training.sequences import BatchStream, answer_loss, encode
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
-                extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None)
+                extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
+                query_first=False, prompt_loss_weight=0.0)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -40,6 +41,20 @@ def teacher_forced(model, data, batch_size=2000):
         exact.append(teacher_forced_exact_match(model, ids, prompt_lengths, lengths))
         first.append(teacher_forced_exact_match(model, ids, prompt_lengths, prompt_lengths + 1))
     return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
+
+
+def prompt_loss(logits, batch):
+    """Mean next-token cross-entropy over prompt targets (from the second prompt token on)."""
+    targets = batch.input_ids[:, 1:]
+    positions = torch.arange(1, batch.input_ids.shape[1]).unsqueeze(0)
+    mask = (positions < batch.prompt_lengths.unsqueeze(1)).float()
+    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (token_loss * mask).sum() / mask.sum()
+
+
+def _query_first(prompt: str) -> str:
+    head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
+    return f"query {query} {head} answer"
 
 
 def summarize(paths: list[str]) -> str:
@@ -92,8 +107,11 @@ def main() -> None:
         extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth)["train"]
         prompts += list(extra.prompt)
         answers += list(extra.answer)
+    val_prompts = list(splits["val"].prompt)
+    if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
+        prompts, val_prompts = ([_query_first(p) for p in ps] for ps in (prompts, val_prompts))
     train = encode(tokenizer, prompts, answers)
-    val = encode(tokenizer, list(splits["val"].prompt), list(splits["val"].answer))
+    val = encode(tokenizer, val_prompts, list(splits["val"].answer))
     val = type(val)(val.input_ids.to(device), val.prompt_lengths.to(device), val.lengths.to(device))
     seen = type(train)(*(t[:2000].to(device) for t in (train.input_ids, train.prompt_lengths, train.lengths)))
     model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
@@ -111,7 +129,10 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        loss = answer_loss(model(input_ids=ids).logits[:, :-1], batch, cfg["first_token_weight"])
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = answer_loss(logits, batch, cfg["first_token_weight"])
+        if cfg["prompt_loss_weight"]:  # next-token loss on the prompt too: rules and facts structure
+            loss = loss + cfg["prompt_loss_weight"] * prompt_loss(logits, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

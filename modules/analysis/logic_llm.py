@@ -198,7 +198,7 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _ld(logits: Tensor, correct: Tensor, wrong: Tensor) -> Tensor:
+def first_token_ld(logits: Tensor, correct: Tensor, wrong: Tensor) -> Tensor:
     """[batch, vocab] (or [batch, 1, vocab]) -> [batch] logit difference, in float32."""
     logits = logits.reshape(len(correct), -1).float()
     rows = torch.arange(len(correct), device=logits.device)
@@ -219,9 +219,9 @@ def behaviour(model, examples: Examples, batch_size: int = 8) -> dict[str, Tenso
         correct, wrong = examples.correct[index], examples.wrong[index]
         out["first_ok"][index] = tokens[:, 0] == correct
         out["proof_ok"][index] = torch.tensor([bool((t[:len(a)] == a).all()) for t, a in zip(tokens, answers)])
-        out["ld_clean"][index] = _ld(generation.logits[:, 0], correct, wrong).cpu()
+        out["ld_clean"][index] = first_token_ld(generation.logits[:, 0], correct, wrong).cpu()
         flip_logits = model(input_ids=examples.stack(index, flipped=True).to(device)).logits[:, -1]
-        out["ld_flip"][index] = _ld(flip_logits, correct, wrong).cpu()
+        out["ld_flip"][index] = first_token_ld(flip_logits, correct, wrong).cpu()
     return out
 
 
@@ -256,7 +256,7 @@ def head_patching(model, examples: Examples, site: str = "head_out", batch_size:
     parts, order = [], []
     for index in examples.batches(batch_size):
         correct, wrong = examples.correct[index].to(device), examples.wrong[index].to(device)
-        metric = lambda logits, c=correct, w=wrong: _ld(logits, c, w)  # noqa: E731
+        metric = lambda logits, c=correct, w=wrong: first_token_ld(logits, c, w)  # noqa: E731
         parts.append(patch_head_sweep(model, examples.stack(index).to(device),
                                       examples.stack(index, flipped=True).to(device), metric, site=site,
                                       positions=positions, max_rows=max(max_rows, len(index))).float().cpu())
@@ -393,7 +393,7 @@ def ablated_ld(model, examples: Examples, heads: Sequence[tuple[int, int]], mean
     for index in examples.batches(batch_size):
         with intervene(model, edits):
             logits = model(input_ids=examples.stack(index).to(device)).logits[:, -1]
-        out[index] = _ld(logits, examples.correct[index], examples.wrong[index]).cpu()
+        out[index] = first_token_ld(logits, examples.correct[index], examples.wrong[index]).cpu()
     return out
 
 
