@@ -30,12 +30,12 @@ FAMILY_TEXT = {
 }
 
 
-def _pct(entry: Mapping, digits: int = 1) -> str:
+def pct_ci(entry: Mapping, digits: int = 1) -> str:
     return (f"{100 * entry['mean']:.{digits}f}% (95% CI {100 * entry['ci_low']:.{digits}f}-"
             f"{100 * entry['ci_high']:.{digits}f}%)")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows)]
 
@@ -74,22 +74,22 @@ def render_report(summary: Mapping, figures_dir: str = "figures") -> str:
         "",
     ]
     rows = [["Mistral-7B accuracy on the minimal problem", "above 70%",
-             f"first token {_pct(accuracy['all']['first_token'])}; whole proof "
-             f"{_pct(accuracy['all']['proof'])}; n = {accuracy['all']['n']}"]]
+             f"first token {pct_ci(accuracy['all']['first_token'])}; whole proof "
+             f"{pct_ci(accuracy['all']['proof'])}; n = {accuracy['all']['n']}"]]
     for family, index, stat, claim in PAPER_CLAIMS:
         layer, head = PAPER_HEADS[family][index]
         entry = summary["paper_heads"][family][index]
         if not entry["exists"]:
             ours = f"no head ({layer},{head}) in this model ({summary['n_layers']} layers x {summary['n_heads']} heads)"
         else:
-            ours = f"{_pct(entry[stat])}; patching effect {entry['effect']:.3f}"
+            ours = f"{pct_ci(entry[stat])}; patching effect {entry['effect']:.3f}"
         rows.append([f"head ({layer},{head}), {family.replace('_', ' ')}", claim, ours])
-    lines += _table(["quantity", f"paper ({PAPER.split(',')[0]})", f"ours (n = {n})"], rows)
+    lines += markdown_table(["quantity", f"paper ({PAPER.split(',')[0]})", f"ours (n = {n})"], rows)
     lines += ["", "Attention statistics are means over examples of the last position's attention.", ""]
 
     lines += ["## Accuracy by query direction", ""]
-    lines += _table(["query", "n", "first proof token", "whole proof"],
-                    [[name.replace("query_", ""), str(entry["n"]), _pct(entry["first_token"]), _pct(entry["proof"])]
+    lines += markdown_table(["query", "n", "first proof token", "whole proof"],
+                    [[name.replace("query_", ""), str(entry["n"]), pct_ci(entry["first_token"]), pct_ci(entry["proof"])]
                      for name, entry in accuracy.items()])
     ld = summary["logit_diff"]
     lines += ["", f"Mean logit difference on the analysed examples: clean {ld['clean']['mean']:.3f} "
@@ -99,7 +99,7 @@ def render_report(summary: Mapping, figures_dir: str = "figures") -> str:
     lines += ["## Head patching", ""]
     for site, cells in summary["patching"].items():
         lines += [f"**{site}** (strongest cells)", ""]
-        lines += _table(["layer", "head" if site in ("head_out", "q") else "key/value head", "effect", "95% CI"],
+        lines += markdown_table(["layer", "head" if site in ("head_out", "q") else "key/value head", "effect", "95% CI"],
                         [[str(c["layer"]), str(c["head"]), f"{c['mean']:.3f}",
                           f"{c['ci_low']:.3f} to {c['ci_high']:.3f}"] for c in cells[:5]])
         lines += ["", f"![patching {site}]({figures_dir}/patching_{site}.png)", ""]
@@ -111,7 +111,7 @@ def render_report(summary: Mapping, figures_dir: str = "figures") -> str:
     lines += [""]
     circuit = summary["circuit"]
     if circuit:
-        lines += _table(["family", "head", "patching effect", "conclusion", "query", "facts", "decision top-2",
+        lines += markdown_table(["family", "head", "patching effect", "conclusion", "query", "facts", "decision top-2",
                          "decision share"],
                         [[c["family"].replace("_", " "), f"({c['layer']},{c['head']})", f"{c['effect']:.3f}",
                           *(f"{c[s]:.3f}" for s in ("conclusion", "query", "facts", "decision_top2",
@@ -122,13 +122,13 @@ def render_report(summary: Mapping, figures_dir: str = "figures") -> str:
 
     lines += ["## Necessity and sufficiency", ""]
     rows = [[f"ablate the {name.replace('_', ' ')} heads" if name != "circuit" else "ablate the whole circuit",
-             _pct(share)] for name, share in summary["necessity"].items()]
+             pct_ci(share)] for name, share in summary["necessity"].items()]
     if "sufficiency" in summary:
-        rows.append(["keep only the circuit (ablate every other head)", _pct(summary["sufficiency"])])
+        rows.append(["keep only the circuit (ablate every other head)", pct_ci(summary["sufficiency"])])
     if "random_control" in summary:
         control = summary["random_control"]
         rows.append([f"control: ablate {len(circuit)} random non-circuit heads ({control['n_sets']} sets)",
                      f"{100 * control['mean']:.1f}% (range {100 * control['min']:.1f}-{100 * control['max']:.1f}%)"])
-    lines += _table(["intervention", "clean logit difference kept"], rows) if rows else ["No circuit to ablate."]
+    lines += markdown_table(["intervention", "clean logit difference kept"], rows) if rows else ["No circuit to ablate."]
     lines += ["", f"Source of the paper's numbers: {PAPER}.", ""]
     return "\n".join(lines)

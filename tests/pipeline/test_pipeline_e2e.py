@@ -17,7 +17,7 @@ def scratch_project(tmp_path_factory):
 
 
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
-          "evaluate_logic@0"]
+          "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic"]
 
 
 def test_repro_runs_every_stage_and_writes_outputs(repro_project):
@@ -26,7 +26,10 @@ def test_repro_runs_every_stage_and_writes_outputs(repro_project):
         assert f"Running stage '{stage}'" in result.stdout
     for path in ["artifacts/logic/data/train.parquet", "artifacts/logic/data/test.parquet",
                  "artifacts/logic/models/seed0/model.safetensors", "artifacts/logic/models/seed0/tokenizer.json",
-                 "reports/data_docs/logic/index.html", "artifacts/logic/tuning/best_params.yaml"]:
+                 "reports/data_docs/logic/index.html", "artifacts/logic/tuning/best_params.yaml",
+                 "artifacts/logic/pairs/pairs.parquet", "reports/data_docs/logic_pairs/index.html",
+                 "artifacts/logic/analysis/seed0/summary.json", "artifacts/logic/analysis/seed0/probes.csv",
+                 "reports/logic/README.md", "reports/logic/figures/seed0/attention_query_linear.png"]:
         assert (project / path).is_file(), path
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
     seed0 = next(iter(metrics.values()))["data"]["artifacts/logic/metrics/seed0.json"]["data"]
@@ -52,9 +55,9 @@ def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
     experiment = client.get_experiment_by_name("propositional-logic")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert {"generate", "validate", "tune", "tune-trial-0", "tune-trial-1", "train-seed0",
-            "cache-activations-seed0", "evaluate-seed0"} <= set(runs)
+            "cache-activations-seed0", "evaluate-seed0", "pairs", "analysis-seed0"} <= set(runs)
     commit = run(["git", "rev-parse", "HEAD"], project, env).stdout.strip()
-    for name in ["generate", "validate", "tune", "train-seed0", "evaluate-seed0"]:
+    for name in ["generate", "validate", "tune", "train-seed0", "evaluate-seed0", "pairs", "analysis-seed0"]:
         r = runs[name]
         assert r.info.status == "FINISHED" and r.data.tags["git_commit"] == commit
         assert any(k.startswith("data_hash.") for k in r.data.params), name
@@ -63,6 +66,14 @@ def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
     artifacts = {a.path for a in client.list_artifacts(runs["evaluate-seed0"].info.run_id)}
     assert {"test_breakdown.csv", "test_breakdown.png"} <= artifacts
     assert "training_curve.png" in {a.path for a in client.list_artifacts(runs["train-seed0"].info.run_id)}
+    analysis = runs["analysis-seed0"]
+    assert {"summary.json", "probes.csv", "figures"} <= {a.path for a in client.list_artifacts(analysis.info.run_id)}
+    nested = client.search_runs([experiment.experiment_id],
+                                f"tags.mlflow.parentRunId = '{analysis.info.run_id}'")
+    assert [r.data.params["kind"] for r in nested] == ["probe"]  # a tiny model solves no pair: no patching runs
+    summary = json.loads((project / "artifacts/logic/analysis/seed0/summary.json").read_text())
+    assert summary["mlflow_run_id"] == analysis.info.run_id
+    assert summary["mlflow_run_id"] in (project / "reports/logic/README.md").read_text()
 
 
 def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
