@@ -24,7 +24,7 @@ from modules.data.logic.dataset import generate_splits
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import teacher_forced_exact_match
-from modules.training.sequences import BatchStream, answer_loss, encode
+from modules.training.sequences import BatchStream, encode, training_loss
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
@@ -41,15 +41,6 @@ def teacher_forced(model, data, batch_size=2000):
         exact.append(teacher_forced_exact_match(model, ids, prompt_lengths, lengths))
         first.append(teacher_forced_exact_match(model, ids, prompt_lengths, prompt_lengths + 1))
     return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
-
-
-def prompt_loss(logits, batch):
-    """Mean next-token cross-entropy over prompt targets (from the second prompt token on)."""
-    targets = batch.input_ids[:, 1:]
-    positions = torch.arange(1, batch.input_ids.shape[1]).unsqueeze(0)
-    mask = (positions < batch.prompt_lengths.unsqueeze(1)).float()
-    token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return (token_loss * mask).sum() / mask.sum()
 
 
 def _query_first(prompt: str) -> str:
@@ -129,10 +120,8 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = answer_loss(logits, batch, cfg["first_token_weight"])
-        if cfg["prompt_loss_weight"]:  # next-token loss on the prompt too: rules and facts structure
-            loss = loss + cfg["prompt_loss_weight"] * prompt_loss(logits, batch)
+        loss = training_loss(model(input_ids=ids).logits[:, :-1], batch, cfg["first_token_weight"],
+                             cfg["prompt_loss_weight"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

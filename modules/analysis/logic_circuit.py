@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from modules.analysis.logic_llm import (DIRECTIONS, Examples, StudyError, ablated_ld, behaviour, first_token_ld,
-                                        head_means, head_patching, kept_share, patching_effects)
+                                        head_means, head_patching, kept_share, patching_effects, write_results)
 from modules.engine import Site, capture, get_adapter, patch_resid_sweep, steer
 from modules.engine.metrics import mean_with_ci, wilson_ci
 from modules.engine.probes import probe_grid
@@ -154,13 +154,20 @@ def routing_summary(attention: Mapping[str, Tensor], chains: Sequence[str], n_bo
     summary: dict = {"n": {c: int((chains == c).sum()) for c in DIRECTIONS}}
     tensors: dict[str, Tensor] = {}
     for name, values in attention.items():
+        ci = mean_with_ci(values, n_boot=n_boot, seed=seed)
+        tensors |= {f"attention.{name}.all": ci.mean.float(), f"attention_ci_low.{name}.all": ci.low.float(),
+                    f"attention_ci_high.{name}.all": ci.high.float()}
         for chain in DIRECTIONS:
             if not (chains == chain).any():
                 raise StudyError(f"no test problem queries the {chain} chain; attention cannot be split")
             ci = mean_with_ci(values[torch.from_numpy(chains == chain)], n_boot=n_boot, seed=seed)
             tensors |= {f"attention.{name}.{chain}": ci.mean.float(), f"attention_ci_low.{name}.{chain}": ci.low.float(),
                         f"attention_ci_high.{name}.{chain}": ci.high.float()}
-    last = tensors["attention.query.linear"].shape[0] - 1
+    n_layers, n_heads = tensors["attention.query.all"].shape
+    summary["sections"] = [{"layer": layer, "head": head, **{name: float(tensors[f"attention.{name}.all"][layer, head])
+                                                             for name in attention}}
+                           for layer in range(n_layers) for head in range(n_heads)]
+    last = n_layers - 1
     gap = tensors["attention.query.linear"][last] - tensors["attention.query.logop"][last]
     head = int(gap.argmax())
     summary["routing_head"] = {"layer": last, "head": head, **{
@@ -431,7 +438,8 @@ def run_circuit_study(model, tokenizer, test: pd.DataFrame, pairs: pd.DataFrame,
 # ---------------------------------------------------------------- outputs
 
 def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]:
-    """Heatmaps: attention to the query per chain (layer x head), patching effects of the residual
+    """Heatmaps: attention to the query per chain and to the rules and facts sections (layer x
+    head), patching effects of the residual
     stream (layer x position) and of heads (layer x head), and probe accuracy per target."""
     from modules.engine.tracking import effect_heatmap
 
@@ -440,6 +448,10 @@ def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]
         figures[f"attention_query_{chain}.png"] = effect_heatmap(
             result.tensors[f"attention.query.{chain}"], "layer", "head",
             title=f"{model_name}: attention from the last position to the query ({chain} queries)")
+    for section in ("rules", "facts"):
+        figures[f"attention_{section}.png"] = effect_heatmap(
+            result.tensors[f"attention.{section}.all"], "layer", "head",
+            title=f"{model_name}: attention from the last position to the {section} section (all queries)")
     for site, col in (("resid_pre", "position"), ("head_out", "head")):
         if f"effect.{site}" in result.tensors:
             figures[f"patching_{site}.png"] = effect_heatmap(
@@ -477,22 +489,9 @@ def circuit_metrics(summary: Mapping) -> dict[str, float]:
 
 
 def write_circuit(result: CircuitResult, out_dir, model_name: str, run_id: str = "") -> None:
-    """summary.json, probes.csv, tensors.safetensors and figures/ under ``out_dir``
-    (the caller makes it atomic)."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from modules.io import write_json
-
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    write_json({"model": model_name, "mlflow_run_id": run_id, **result.summary}, out / "summary.json")
-    result.probes.to_csv(out / "probes.csv", index=False)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in result.tensors.items()},
-              str(out / "tensors.safetensors"))
-    for name, figure in circuit_figures(result, model_name).items():
-        figure.savefig(out / "figures" / name, dpi=110)
+    """summary.json, probes.csv, tensors.safetensors and figures/ under ``out_dir``."""
+    write_results(out_dir, {"model": model_name, "mlflow_run_id": run_id, **result.summary},
+                  {"probes.csv": result.probes}, result.tensors, circuit_figures(result, model_name))
 
 
 def log_circuit(result: CircuitResult, model_name: str, dataset_hash: str, figures_dir) -> None:

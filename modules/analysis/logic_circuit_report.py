@@ -87,13 +87,25 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
     return "\n".join(lines)
 
 
+def _section_table(summary: Mapping) -> list[str]:
+    """Mean attention of each head of the last position to the three sections, all problems."""
+    sections = summary["attention"]["sections"]
+    return markdown_table(["layer", "head", "query", "rules", "facts"],
+                          [[str(r["layer"]), str(r["head"]), *(f"{r[name]:.3f}" for name in ("query", "rules", "facts"))]
+                           for r in sections])
+
+
 def _seed_section(seed: int, summary: Mapping, figures_dir: str) -> list[str]:
     fig = f"{figures_dir}/seed{seed}"
     lines = [f"## Seed {seed}", "", "### Routing attention", "",
              "Attention from the last prompt position (it predicts the first proof token) to the query variable, "
              "per layer and head, split by the queried chain:", "",
              f"![query attention, linear]({fig}/attention_query_linear.png) "
-             f"![query attention, LogOp]({fig}/attention_query_logop.png)", "", "### Probes", "",
+             f"![query attention, LogOp]({fig}/attention_query_logop.png)", "",
+             "and summed over the rules and the facts sections, all problems:", "",
+             f"![rules attention]({fig}/attention_rules.png) ![facts attention]({fig}/attention_facts.png)", ""]
+    lines += _section_table(summary)
+    lines += ["", "### Probes", "",
              f"Linear probes on {summary['probes']['n']} test problems' cached residual stream (the output of "
              "each layer), 25% held out; the best site per target:", ""]
     best = summary["probes"]["best"]

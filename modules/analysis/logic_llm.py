@@ -619,21 +619,28 @@ def study_metrics(summary: Mapping) -> dict[str, float]:
     return metrics
 
 
-def write_study(result: StudyResult, out_dir, model_name: str, run_id: str = "") -> None:
-    """summary.json, heads.csv, tensors.safetensors and figures/ under ``out_dir``
-    (the caller makes it atomic)."""
+def write_results(out_dir, summary: Mapping, tables: Mapping[str, pd.DataFrame], tensors: Mapping[str, Tensor],
+                  figures: Mapping[str, object]) -> None:
+    """summary.json, the CSV tables, tensors.safetensors and figures/ under ``out_dir`` (the caller
+    makes it atomic). Shared by the analyses of study 1."""
     from safetensors.torch import save_file
 
     from modules.io import write_json
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    write_json({"model": model_name, "mlflow_run_id": run_id, **result.summary}, out / "summary.json")
-    result.head_table.to_csv(out / "heads.csv", index=False)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in result.tensors.items()},
-              str(out / "tensors.safetensors"))
-    for name, figure in study_figures(result, model_name).items():
+    write_json(dict(summary), out / "summary.json")
+    for name, table in tables.items():
+        table.to_csv(out / name, index=False)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(out / "tensors.safetensors"))
+    for name, figure in figures.items():
         figure.savefig(out / "figures" / name, dpi=110)
+
+
+def write_study(result: StudyResult, out_dir, model_name: str, run_id: str = "") -> None:
+    """summary.json, heads.csv, tensors.safetensors and figures/ under ``out_dir``."""
+    write_results(out_dir, {"model": model_name, "mlflow_run_id": run_id, **result.summary},
+                  {"heads.csv": result.head_table}, result.tensors, study_figures(result, model_name))
 
 
 def log_study(result: StudyResult, model_name: str, dataset_hash: str, figures_dir) -> None:

@@ -1,4 +1,5 @@
-"""LightningModule that trains the small logic model on answer tokens only (the first one weighted).
+"""LightningModule that trains the small logic model on answer tokens (the first one weighted), plus
+an optional auxiliary loss on the prompt tokens.
 
 Validation measures greedy-decoding exact match of the whole proof (through <eos>), computed in
 one teacher-forced pass (the same number; see ``teacher_forced_exact_match``).
@@ -10,21 +11,21 @@ import torch
 
 from modules.models.decoding import teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, answer_loss
+from modules.training.sequences import EncodedSequences, training_loss
 
 
 class LogicLM(pl.LightningModule):
     def __init__(self, n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_positions: int = 128,
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01,
                  warmup_frac: float = 0.1, beta2: float = 0.98, max_steps: int = 1000,
-                 first_token_weight: float = 1.0, seed: int = 0):
+                 first_token_weight: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids).logits[:, :-1]
-        loss = answer_loss(logits, batch, self.hparams.first_token_weight)
+        loss = training_loss(logits, batch, self.hparams.first_token_weight, self.hparams.prompt_loss_weight)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 

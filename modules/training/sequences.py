@@ -1,6 +1,7 @@
 """Turn (prompt, answer) text pairs into padded token tensors, and batch them.
 
-A training sequence is ``prompt + answer + <eos>``; the loss covers the answer and <eos> only.
+A training sequence is ``prompt + answer + <eos>``; the loss covers the answer and <eos>, plus an
+optional, separately averaged loss on the prompt tokens.
 """
 from __future__ import annotations
 
@@ -65,6 +66,26 @@ def answer_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weigh
     targets = batch.input_ids[:, 1:].to(logits.device)
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     return (token_loss * weights).sum() / weights.sum()
+
+
+def prompt_loss(logits: torch.Tensor, batch: EncodedSequences) -> torch.Tensor:
+    """Mean next-token cross-entropy over the prompt (targets from its second token on).
+
+    An auxiliary loss: predicting the rules and facts makes the model learn which variables
+    each rule links and which are sources, the content matching that routing by the query needs.
+    """
+    targets = batch.input_ids[:, 1:].to(logits.device)
+    positions = torch.arange(1, batch.input_ids.shape[1], device=logits.device).unsqueeze(0)
+    mask = (positions < batch.prompt_lengths.to(logits.device).unsqueeze(1)).float()
+    token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return (token_loss * mask).sum() / mask.sum()
+
+
+def training_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weight: float = 1.0,
+                  prompt_loss_weight: float = 0.0) -> torch.Tensor:
+    """The answer loss plus ``prompt_loss_weight`` times the prompt loss."""
+    loss = answer_loss(logits, batch, first_token_weight)
+    return loss + prompt_loss_weight * prompt_loss(logits, batch) if prompt_loss_weight else loss
 
 
 def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:

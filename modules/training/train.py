@@ -29,6 +29,7 @@ class TrainConfig:
     warmup_frac: float = 0.1
     beta2: float = 0.98
     first_token_weight: float = 1.0
+    prompt_loss_weight: float = 0.0
     balance_query_chains: bool = False
     batch_size: int = 128
     max_steps: int = 6000
@@ -44,7 +45,7 @@ class TrainConfig:
 
     RANGES = {"n_layer": (1, 48), "n_head": (1, 64), "n_embd": (3, 4096), "lr": (1e-6, 1.0),
               "weight_decay": (0.0, 10.0), "warmup_frac": (0.0, 0.9), "beta2": (0.5, 0.99999),
-              "first_token_weight": (0.0, 100.0),
+              "first_token_weight": (0.0, 100.0), "prompt_loss_weight": (0.0, 100.0),
               "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
               "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
               "dropout": (0.0, 0.99), "threads": (0, 1024)}
@@ -187,7 +188,8 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
                      n_positions=n_positions, dropout=config.dropout, lr=config.lr,
                      weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
                      max_steps=config.max_steps,
-                     first_token_weight=config.first_token_weight, seed=seed)
+                     first_token_weight=config.first_token_weight,
+                     prompt_loss_weight=config.prompt_loss_weight, seed=seed)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed)

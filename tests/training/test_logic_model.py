@@ -6,7 +6,7 @@ from modules.models.decoding import exact_match, greedy_decode
 from modules.engine.adapters import ModelLoadError
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import VOCAB, build_logic_tokenizer
-from modules.training.sequences import answer_loss_mask, encode
+from modules.training.sequences import answer_loss, answer_loss_mask, encode, prompt_loss, training_loss
 
 
 def test_tokenizer_covers_the_compact_vocabulary_and_round_trips(tmp_path):
@@ -57,6 +57,21 @@ def test_loss_mask_covers_answer_and_eos_only():
     targets = [batch.input_ids[i, 1:][mask[i]].tolist() for i in range(2)]
     assert tokenizer.convert_ids_to_tokens(targets[0]) == ["A", "B", "<eos>"]
     assert tokenizer.convert_ids_to_tokens(targets[1]) == ["undetermined", "<eos>"]
+
+
+def test_prompt_loss_reads_prompt_targets_only_and_adds_to_the_answer_loss():
+    tokenizer = build_logic_tokenizer()
+    batch = encode(tokenizer, ["rules A > B . facts A 1 query B answer"], ["A B"])
+    torch.manual_seed(0)
+    logits = torch.randn(1, batch.input_ids.shape[1] - 1, len(VOCAB), requires_grad=True)
+    prompt_loss(logits, batch).backward()
+    touched = logits.grad.abs().sum(-1)[0].nonzero().flatten().tolist()
+    prompt_length = int(batch.prompt_lengths[0])
+    assert touched == list(range(prompt_length - 1))  # targets: prompt tokens 1 .. prompt_length - 1
+    with torch.no_grad():
+        assert torch.equal(training_loss(logits, batch, 2.0, 0.0), answer_loss(logits, batch, 2.0))
+        mixed = training_loss(logits, batch, 2.0, 0.5)
+        assert torch.allclose(mixed, answer_loss(logits, batch, 2.0) + 0.5 * prompt_loss(logits, batch))
 
 
 def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
