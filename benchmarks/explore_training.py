@@ -29,7 +29,7 @@ from modules.training.sequences import BatchStream, encode, training_loss
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
-                query_first=False, prompt_loss_weight=0.0)
+                query_first=False, prompt_loss_weight=0.0, end_at_query=False)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -101,6 +101,8 @@ def main() -> None:
     val_prompts = list(splits["val"].prompt)
     if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
         prompts, val_prompts = ([_query_first(p) for p in ps] for ps in (prompts, val_prompts))
+    if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
+        prompts, val_prompts = ([p.removesuffix(" answer") for p in ps] for ps in (prompts, val_prompts))
     train = encode(tokenizer, prompts, answers)
     val = encode(tokenizer, val_prompts, list(splits["val"].answer))
     val = type(val)(val.input_ids.to(device), val.prompt_lengths.to(device), val.lengths.to(device))

@@ -2,7 +2,10 @@
 metrics to MLflow through Lightning's MLFlowLogger attached to an existing run."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -174,9 +177,46 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> str:
+    """What a checkpoint was trained on: settings (threads aside), seed, the encoded data and the
+    training and model code. A checkpoint resumes only under the same fingerprint."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in config.as_dict().items() if k != "threads"}
+    digest.update(json.dumps({"config": settings, "seed": seed}, sort_keys=True, default=str).encode())
+    for tensor in (train.input_ids, train.prompt_lengths, val.input_ids, val.prompt_lengths):
+        digest.update(tensor.numpy().tobytes())
+    code = Path(__file__).resolve().parents[1]
+    for source in sorted([*code.glob("training/*.py"), *code.glob("models/*.py")]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+RUN_FILE = "run.json"
+
+
+def resumable_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
+    """``last.ckpt`` of an unfinished run with this fingerprint; anything else in ``ckpt_dir`` (a
+    finished run, other settings, other code or data) is cleared so training starts afresh."""
+    ckpt_dir = Path(ckpt_dir)
+    last, record = ckpt_dir / "last.ckpt", ckpt_dir / RUN_FILE
+    try:
+        state = json.loads(record.read_text())
+    except (OSError, ValueError):
+        state = {}
+    if last.is_file() and state.get("fingerprint") == fingerprint and not state.get("complete"):
+        return last
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP workers see what rank 0 decided
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True)
+        record.write_text(json.dumps({"fingerprint": fingerprint, "complete": False}))
+    return None
+
+
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
                       loggers: Sequence = (), callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Fit a fresh model (or resume from ``ckpt_dir/last.ckpt``) and return it with its timings."""
+    """Fit a fresh model (or resume an interrupted run with the same fingerprint from
+    ``ckpt_dir/last.ckpt``) and return it with its timings."""
     torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
     pl.seed_everything(seed, workers=True, verbose=False)
     tokenizer = build_logic_tokenizer()
@@ -193,10 +233,17 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed)
-    resume = ckpt_dir / "last.ckpt" if ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file() else None
+    resume = None
+    if ckpt_dir is not None:
+        fingerprint = run_fingerprint(config, seed, train, val)
+        resume = resumable_checkpoint(ckpt_dir, fingerprint)
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
     wall = time.perf_counter() - start
+    finished = trainer.global_step >= config.max_steps or (config.stop_on_perfect and stopper.step_to_perfect is not None)
+    if ckpt_dir is not None and finished and trainer.is_global_zero:
+        # a later call (changed code or data made DVC rerun the stage) trains afresh, not reloads this
+        (Path(ckpt_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True}))
     score = trainer.callback_metrics.get("val_exact_match")
     return TrainResult(module, stopper.time_to_perfect, stopper.step_to_perfect, trainer.global_step, wall,
                        float(score) if score is not None else float("nan"), stopper.history)

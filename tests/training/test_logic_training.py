@@ -45,6 +45,24 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(small_splits, tmp
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_finished_or_foreign_checkpoint_is_never_resumed(small_splits, tmp_path):
+    config = TrainConfig.from_params({**TINY, "max_steps": 6, "val_every": 3})
+    fresh = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2)
+    done = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2, ckpt_dir=tmp_path)
+    again = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2, ckpt_dir=tmp_path)
+    assert again.steps == 6 and [h["step"] for h in again.history] == [3, 6]  # trained, not reloaded
+    other = TrainConfig.from_params({**TINY, "max_steps": 6, "val_every": 3, "lr": 0.02})
+    # an unfinished run under other settings: its checkpoint must not seed this one
+    stopper = type("StopAt3", (__import__("lightning.pytorch").pytorch.Callback,), {
+        "on_train_batch_end": lambda self, trainer, *a: setattr(trainer, "should_stop", trainer.global_step >= 3)})
+    train_logic_model(small_splits["train"], small_splits["val"], other, seed=2, ckpt_dir=tmp_path,
+                      callbacks=[stopper()])
+    resumed = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2, ckpt_dir=tmp_path)
+    for result in (done, again, resumed):
+        for a, b in zip(fresh.module.state_dict().values(), result.module.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_evaluation_breakdown_counts_every_problem(small_splits, tmp_path):
     config = TrainConfig.from_params(TINY)
     result = train_logic_model(small_splits["train"], small_splits["val"], config, seed=0)

@@ -1,0 +1,89 @@
+"""Can the small model find the rule that concludes the query? A one-hop probe task.
+
+Depth-2 problems (one rule per chain, balanced query chains) whose answer is just the first
+antecedent of the rule concluding the query: `rules F or Z > R . N > G . ... query R answer` ->
+`F`. Solving it needs exactly the content match (query variable -> that rule's conclusion) that
+routing by the query needs in the real task, and nothing else. The script trains the default
+model on it with the default optimiser and prints, as JSON lines, validation exact match during
+training, then where the final model's first token comes from: the queried rule's first
+antecedent (right), the other rule's (the other chain), or elsewhere.
+
+    python -m benchmarks.routing_diagnostic --steps 1500 --threads 1
+    python -m benchmarks.routing_diagnostic --end-at-query   # prompts end at the query variable
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+import torch
+
+from modules.data.logic.dataset import generate_splits
+from modules.models.decoding import teacher_forced_exact_match
+from modules.models.logic_model import build_logic_model
+from modules.models.logic_tokenizer import build_logic_tokenizer
+from modules.training.sequences import BatchStream, encode, training_loss
+
+
+def rule_antecedents(prompt: str) -> dict[str, list[str]]:
+    """conclusion -> antecedents, for the rules of a compact prompt."""
+    tokens = prompt.split()
+    rules = " ".join(tokens[1:tokens.index("facts")]).split(" . ")
+    return {rule.strip(" .").split(" > ")[1]: [t for t in rule.strip(" .").split(" > ")[0].split() if t not in
+                                               ("or", "and")] for rule in rules}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--end-at-query", action="store_true", help="drop the final 'answer' token")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = build_logic_tokenizer()
+    splits = generate_splits(0, {"train": 50_000, "val": 1_000}, depth=2, logop_share=0.5)
+    prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
+    query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
+    data = {name: encode(tokenizer, [prompt(p) for p in frame.prompt],
+                         [rule_antecedents(p)[query(p)][0] for p in frame.prompt]) for name, frame in splits.items()}
+    model = build_logic_model(3, 3, 96, 128, 0.0, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1,
+                                                   cycle_momentum=False)
+    stream, val, start = BatchStream(data["train"], 128, 0, args.steps), data["val"], time.perf_counter()
+    config = {"end_at_query": args.end_at_query, "lr": args.lr}
+    for step in range(1, args.steps + 1):
+        batch = stream[step - 1]
+        loss = training_loss(model(input_ids=batch.input_ids).logits[:, :-1], batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            exact = teacher_forced_exact_match(model, val.input_ids, val.prompt_lengths, val.lengths).float().mean()
+            model.train()
+            print(json.dumps({"config": config, "step": step, "loss": round(loss.item(), 4), "val_exact": exact.item(),
+                              "wall_s": round(time.perf_counter() - start, 1)}), flush=True)
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=val.input_ids).logits
+    first = logits[torch.arange(len(val)), val.prompt_lengths - 1].argmax(-1)
+    sources = Counter()
+    for p, token, chain in zip(splits["val"].prompt, tokenizer.convert_ids_to_tokens(first.tolist()),
+                               splits["val"].query_chain):
+        rules, q = rule_antecedents(p), query(p)
+        other = next(ante for concl, ante in rules.items() if concl != q)
+        where = "queried_rule" if token == rules[q][0] else "other_rule" if token in other else "elsewhere"
+        sources[f"{chain}/{where}"] += 1
+    print(json.dumps({"config": config, "first_token_from": dict(sorted(sources.items()))}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
