@@ -30,7 +30,7 @@ from modules.analysis.logic_llm import (DIRECTIONS, Examples, StudyError, ablate
                                         head_means, head_patching, kept_share, patching_effects, write_results)
 from modules.engine import Site, capture, get_adapter, patch_resid_sweep, steer
 from modules.engine.metrics import mean_with_ci, wilson_ci
-from modules.engine.probes import probe_grid
+from modules.engine.probes import probe_grid, split_indices
 
 SECTIONS = ("query", "rules", "facts")
 PROBE_TARGETS = ("queried_chain", "linear_source", "logop_value_a", "logop_value_b")
@@ -198,7 +198,8 @@ def run_probes(activations: Mapping[tuple[int, str], Tensor], labels: Mapping[st
     for target in PROBE_TARGETS:
         y = labels[target]
         grid = probe_grid(activations, y, epochs=epochs, seed=seed)
-        majority = float(torch.bincount(y).max()) / len(y)
+        held_out = y[split_indices(y, seed=seed)[1]]  # the split train_probes scores on
+        majority = float(torch.bincount(held_out).max()) / len(held_out)
         tables.append(grid.table.assign(target=target, majority=majority))
         if target == "queried_chain" and grid.directions:
             directions = grid.directions
