@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from modules.analysis.logic_llm import (DIRECTIONS, Examples, StudyError, ablated_ld, behaviour, first_token_ld,
-                                        head_means, head_patching, kept_share, patching_effects, write_results)
+from modules.analysis.logic_llm import (DIRECTIONS, Examples, StudyError, ablated_ld, behaviour, ci_dict,
+                                        first_token_ld, head_means, head_patching, kept_share, model_device,
+                                        patching_effects, write_results)
 from modules.engine import Site, capture, get_adapter, patch_resid_sweep, steer
 from modules.engine.metrics import mean_with_ci, wilson_ci
 from modules.engine.probes import probe_grid, split_indices
@@ -37,11 +38,7 @@ PROBE_TARGETS = ("queried_chain", "linear_source", "logop_value_a", "logop_value
 
 
 def _ci(entry) -> dict[str, float]:
-    return {"mean": float(entry.mean), "ci_low": float(entry.low), "ci_high": float(entry.high)}
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    return ci_dict(entry.mean, entry.low, entry.high)
 
 
 # ---------------------------------------------------------------- compact prompts
@@ -91,7 +88,7 @@ def cached_residuals(cache: Mapping[str, Tensor], positions: Sequence[int], prom
 def compact_examples(pairs: pd.DataFrame, tokenizer) -> Examples:
     """Both directions of every compact flip pair, as the LLM study's :class:`Examples`: the clean
     prompt queries ``direction``, the flipped one the other chain; positions by token index."""
-    rows: dict[str, list] = {k: [] for k in ("ids", "flip", "answer", "correct", "wrong", "pair", "direction")}
+    rows: dict[str, list] = {k: [] for k in ("ids", "answer", "correct", "wrong", "pair", "direction")}
     eos = tokenizer.eos_token_id
     for row in pairs.itertuples(index=False):
         for direction in DIRECTIONS:
@@ -99,7 +96,6 @@ def compact_examples(pairs: pd.DataFrame, tokenizer) -> Examples:
             answer = tokenizer(getattr(row, f"answer_{direction}"), add_special_tokens=False)["input_ids"]
             wrong = tokenizer(getattr(row, f"answer_{other}"), add_special_tokens=False)["input_ids"]
             rows["ids"].append(getattr(row, f"prompt_{direction}"))
-            rows["flip"].append(getattr(row, f"prompt_{other}"))
             rows["answer"].append(torch.tensor(answer + [eos]))
             rows["correct"].append(answer[0])
             rows["wrong"].append(wrong[0])
@@ -107,9 +103,8 @@ def compact_examples(pairs: pd.DataFrame, tokenizer) -> Examples:
             rows["direction"].append(direction)
     if not rows["ids"]:
         raise StudyError("no flip pairs to analyse")
-    ids, flip = encode_prompts(rows["ids"], tokenizer), encode_prompts(rows["flip"], tokenizer)
-    if ids.shape != flip.shape:
-        raise StudyError("clean and flipped compact prompts differ in length")
+    ids = encode_prompts(rows["ids"], tokenizer)
+    flip = ids.view(-1, len(DIRECTIONS), ids.shape[1]).flip(1).reshape(ids.shape)  # a pair's other direction
     facts = _keyword_positions(ids, tokenizer, "facts")
     query = _keyword_positions(ids, tokenizer, "query") + 1
     n = len(ids)
@@ -126,7 +121,7 @@ def compact_examples(pairs: pd.DataFrame, tokenizer) -> Examples:
 def section_attention(model, tokenizer, ids: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
     """Attention from the last prompt position, ``[n, n_layers, n_heads]`` per section: the query
     variable, the rules section (between ``rules`` and ``facts``) and the facts section."""
-    adapter, device = get_adapter(model), _device(model)
+    adapter, device = get_adapter(model), model_device(model)
     facts = _keyword_positions(ids, tokenizer, "facts")
     query_kw = _keyword_positions(ids, tokenizer, "query")
     rules_kw = _keyword_positions(ids, tokenizer, "rules")
@@ -223,7 +218,7 @@ def steered_first_tokens(model, examples: Examples, layer: int, direction: Tenso
                          batch_size: int = 500) -> Tensor:
     """Greedy first proof token with ``direction`` added at the query variable's residual stream
     after ``layer`` on LogOp-query examples, and subtracted on linear-query ones: ``[n]``."""
-    device, out = _device(model), torch.zeros(len(examples), dtype=torch.long)
+    device, out = model_device(model), torch.zeros(len(examples), dtype=torch.long)
     sign = torch.tensor([1.0 if d == "logop" else -1.0 for d in examples.direction])
     for index in examples.batches(batch_size):
         for value in (1.0, -1.0):
@@ -269,7 +264,7 @@ def steering_summary(model, examples: Examples, layer: int, directions: Mapping[
 def resid_patching(model, examples: Examples, batch_size: int = 500) -> Tensor:
     """Patched LD for the residual stream entering each layer at each position, flipped -> clean:
     ``[n_layers, seq, n]``."""
-    device, parts, order = _device(model), [], []
+    device, parts, order = model_device(model), [], []
     for index in examples.batches(batch_size):
         correct, wrong = examples.correct[index].to(device), examples.wrong[index].to(device)
         parts.append(patch_resid_sweep(model, examples.stack(index).to(device),

@@ -194,7 +194,7 @@ def build_examples(pairs: pd.DataFrame, tokenizer, directions: Sequence[str] = D
 
 # ---------------------------------------------------------------- behaviour
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -209,7 +209,7 @@ def first_token_ld(logits: Tensor, correct: Tensor, wrong: Tensor) -> Tensor:
 def behaviour(model, examples: Examples, batch_size: int = 8) -> dict[str, Tensor]:
     """Greedy decoding of the clean prompts and the logit differences on both prompts:
     ``first_ok``, ``proof_ok`` (bool [n]), ``ld_clean``, ``ld_flip`` (float [n])."""
-    n, device = len(examples), _device(model)
+    n, device = len(examples), model_device(model)
     out = {"first_ok": torch.zeros(n, dtype=torch.bool), "proof_ok": torch.zeros(n, dtype=torch.bool),
            "ld_clean": torch.zeros(n), "ld_flip": torch.zeros(n)}
     for index in examples.batches(batch_size):
@@ -252,7 +252,7 @@ def head_patching(model, examples: Examples, site: str = "head_out", batch_size:
     writes the flipped run's activation into the clean run at every position from the query on."""
     if site not in HEAD_SITES:
         raise StudyError(f"site must be one of {', '.join(HEAD_SITES)}, got {site!r}")
-    device, positions = _device(model), list(range(-examples.suffix, 0))
+    device, positions = model_device(model), list(range(-examples.suffix, 0))
     parts, order = [], []
     for index in examples.batches(batch_size):
         correct, wrong = examples.correct[index].to(device), examples.wrong[index].to(device)
@@ -289,7 +289,7 @@ def attention_stats(model, examples: Examples, batch_size: int = 8) -> dict[str,
     decision_share: those two weights' share of the attention inside the test problem;
     query_dominance: weight on the query over the largest other weight.
     """
-    adapter, device = get_adapter(model), _device(model)
+    adapter, device = get_adapter(model), model_device(model)
     sites = [Site("pattern", layer, positions=(-1,)) for layer in range(adapter.n_layers)]
     out = {name: torch.zeros(len(examples), adapter.n_layers, adapter.n_heads) for name in STATS}
     for index in examples.batches(batch_size):
@@ -360,7 +360,7 @@ def select_circuit(effects: Tensor, min_effect: float, max_heads: int) -> list[t
 def head_means(model, examples: Examples, batch_size: int = 8) -> dict[int, Tensor]:
     """Mean head output over clean and flipped prompts at the question's positions:
     layer -> ``[suffix, n_heads, head_dim]``."""
-    adapter, device = get_adapter(model), _device(model)
+    adapter, device = get_adapter(model), model_device(model)
     positions = tuple(range(-examples.suffix, 0))
     sites = [Site("head_out", layer, positions=positions) for layer in range(adapter.n_layers)]
     sums: dict[int, Tensor] = {}
@@ -380,7 +380,7 @@ def head_means(model, examples: Examples, batch_size: int = 8) -> dict[int, Tens
 def ablated_ld(model, examples: Examples, heads: Sequence[tuple[int, int]], means: Mapping[int, Tensor],
                batch_size: int = 8) -> Tensor:
     """Clean-prompt LD with ``heads`` mean-ablated at the question's positions: ``[n]``."""
-    device, positions = _device(model), tuple(range(-examples.suffix, 0))
+    device, positions = model_device(model), tuple(range(-examples.suffix, 0))
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -466,7 +466,7 @@ class StudyResult:
     n_heads: int
 
 
-def _ci_dict(mean: float, low: float, high: float) -> dict[str, float]:
+def ci_dict(mean: float, low: float, high: float) -> dict[str, float]:
     return {"mean": float(mean), "ci_low": float(low), "ci_high": float(high)}
 
 
@@ -498,8 +498,8 @@ def run_study(model, tokenizer, pairs: pd.DataFrame, config: StudyConfig = Study
     if float((ld_flip - ld_clean).mean()) == 0.0:
         raise StudyError("the flipped query does not change the logit difference; nothing to patch")
     ld = mean_with_ci(torch.stack([ld_clean, ld_flip], 1), n_boot=config.n_boot, seed=config.seed)
-    summary["logit_diff"] = {"clean": _ci_dict(ld.mean[0], ld.low[0], ld.high[0]),
-                             "flipped": _ci_dict(ld.mean[1], ld.low[1], ld.high[1])}
+    summary["logit_diff"] = {"clean": ci_dict(ld.mean[0], ld.low[0], ld.high[0]),
+                             "flipped": ci_dict(ld.mean[1], ld.low[1], ld.high[1])}
 
     tensors: dict[str, Tensor] = {"ld_clean": ld_clean, "ld_flip": ld_flip}
     effects: dict[str, Tensor] = {}
@@ -556,7 +556,7 @@ def _top_cells(tensors: Mapping[str, Tensor], site: str, k: int = 10) -> list[di
     order = mean.flatten().abs().argsort(descending=True, stable=True)[:k]
     n_heads = mean.shape[1]
     return [{"layer": int(i) // n_heads, "head": int(i) % n_heads,
-             **_ci_dict(mean.flatten()[i], tensors[f"effect_ci_low.{site}"].flatten()[i],
+             **ci_dict(mean.flatten()[i], tensors[f"effect_ci_low.{site}"].flatten()[i],
                         tensors[f"effect_ci_high.{site}"].flatten()[i])} for i in order]
 
 
@@ -564,7 +564,7 @@ def _paper_head(layer: int, head: int, adapter, effects: Mapping[str, Tensor], s
     if layer >= adapter.n_layers or head >= adapter.n_heads:
         return {"layer": layer, "head": head, "exists": False}
     return {"layer": layer, "head": head, "exists": True, "effect": float(effects["head_out"][layer, head]),
-            **{name: _ci_dict(ci.mean[layer, head], ci.low[layer, head], ci.high[layer, head])
+            **{name: ci_dict(ci.mean[layer, head], ci.low[layer, head], ci.high[layer, head])
                for name, ci in stat_ci.items()}}
 
 
