@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.routing_diagnostic import rule_antecedents
 from modules.data.logic.dataset import generate_splits
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
@@ -29,7 +30,7 @@ from modules.training.sequences import BatchStream, encode, training_loss
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
-                query_first=False, prompt_loss_weight=0.0, end_at_query=False)
+                query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -46,6 +47,17 @@ def teacher_forced(model, data, batch_size=2000):
 def _query_first(prompt: str) -> str:
     head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
     return f"query {query} {head} answer"
+
+
+def backward_trace(prompt: str) -> str:
+    """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N`."""
+    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
+    queue, trace = [tokens[tokens.index("query") + 1]], []
+    while queue:
+        found = antecedents.get(queue.pop(0), [])
+        trace += found
+        queue += found
+    return " ".join(trace)
 
 
 def summarize(paths: list[str]) -> str:
@@ -98,6 +110,11 @@ def main() -> None:
         extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth)["train"]
         prompts += list(extra.prompt)
         answers += list(extra.answer)
+    if cfg["backward_aux"]:  # extra sequences `... query W >` -> the query's backward trace
+        n = int(len(splits["train"]) * cfg["backward_aux"])
+        aux = list(splits["train"].prompt[:n])
+        prompts += [p.removesuffix(" answer") + " >" for p in aux]
+        answers += [backward_trace(p) for p in aux]
     val_prompts = list(splits["val"].prompt)
     if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
         prompts, val_prompts = ([_query_first(p) for p in ps] for ps in (prompts, val_prompts))

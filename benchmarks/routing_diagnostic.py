@@ -10,11 +10,18 @@ antecedent (right), the other rule's (the other chain), or elsewhere.
 
     python -m benchmarks.routing_diagnostic --steps 1500 --threads 1
     python -m benchmarks.routing_diagnostic --end-at-query   # prompts end at the query variable
+
+Two controls on plain letter sequences (`rules K D Q ... query`) separate the content match from
+the logic: `--task induction` asks for the letter after one queried letter (one supervised
+content match per sequence), `--task copy` asks for the whole sequence again (every answer token
+after the first is a content match: the letter after the one just written).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import string
 import time
 from collections import Counter
 
@@ -35,8 +42,24 @@ def rule_antecedents(prompt: str) -> dict[str, list[str]]:
                                                ("or", "and")] for rule in rules}
 
 
+def letter_sequences(n: int, seed: int, task: str, length: int = 10) -> tuple[list[str], list[str]]:
+    """`rules` + distinct random letters + `query` (+ one of them, for induction) -> the answer."""
+    rng, prompts, answers = random.Random(seed), [], []
+    for _ in range(n):
+        letters = rng.sample(string.ascii_uppercase, length)
+        if task == "copy":
+            prompts.append(f"rules {' '.join(letters)} query")
+            answers.append(" ".join(letters))
+        else:
+            i = rng.randrange(length - 1)
+            prompts.append(f"rules {' '.join(letters)} query {letters[i]}")
+            answers.append(letters[i + 1])
+    return prompts, answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["routing", "induction", "copy"], default="routing")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--end-at-query", action="store_true", help="drop the final 'answer' token")
@@ -49,14 +72,18 @@ def main() -> None:
     splits = generate_splits(0, {"train": 50_000, "val": 1_000}, depth=2, logop_share=0.5)
     prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
     query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
-    data = {name: encode(tokenizer, [prompt(p) for p in frame.prompt],
-                         [rule_antecedents(p)[query(p)][0] for p in frame.prompt]) for name, frame in splits.items()}
+    if args.task == "routing":
+        data = {name: encode(tokenizer, [prompt(p) for p in frame.prompt],
+                             [rule_antecedents(p)[query(p)][0] for p in frame.prompt]) for name, frame in splits.items()}
+    else:
+        data = {name: encode(tokenizer, *letter_sequences(size, seed, args.task))
+                for name, size, seed in (("train", 50_000, 0), ("val", 1_000, 1))}
     model = build_logic_model(3, 3, 96, 128, 0.0, 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1,
                                                    cycle_momentum=False)
     stream, val, start = BatchStream(data["train"], 128, 0, args.steps), data["val"], time.perf_counter()
-    config = {"end_at_query": args.end_at_query, "lr": args.lr}
+    config = {"task": args.task, "end_at_query": args.end_at_query, "lr": args.lr}
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
         loss = training_loss(model(input_ids=batch.input_ids).logits[:, :-1], batch)
@@ -71,6 +98,8 @@ def main() -> None:
             model.train()
             print(json.dumps({"config": config, "step": step, "loss": round(loss.item(), 4), "val_exact": exact.item(),
                               "wall_s": round(time.perf_counter() - start, 1)}), flush=True)
+    if args.task != "routing":
+        return
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=val.input_ids).logits
