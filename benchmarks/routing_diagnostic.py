@@ -69,10 +69,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = build_logic_tokenizer()
-    splits = generate_splits(0, {"train": 50_000, "val": 1_000}, depth=2, logop_share=0.5)
     prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
     query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
     if args.task == "routing":
+        splits = generate_splits(0, {"train": 50_000, "val": 1_000}, depth=2, logop_share=0.5)
         data = {name: encode(tokenizer, [prompt(p) for p in frame.prompt],
                              [rule_antecedents(p)[query(p)][0] for p in frame.prompt]) for name, frame in splits.items()}
     else:
