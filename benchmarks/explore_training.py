@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 
 import torch
 
-from benchmarks.routing_diagnostic import rule_antecedents
+from benchmarks.routing_diagnostic import backward_trace, query_first
 from modules.data.logic.dataset import generate_splits
+from modules.data.logic.solver import solve_compact
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import teacher_forced_exact_match
@@ -30,7 +32,8 @@ from modules.training.sequences import BatchStream, encode, training_loss
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
-                query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0)
+                query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
+                multi_query=0)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -44,20 +47,17 @@ def teacher_forced(model, data, batch_size=2000):
     return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
 
 
-def _query_first(prompt: str) -> str:
+def with_earlier_queries(prompt: str, rng: random.Random, most: int) -> str:
+    """Insert 0..``most`` answered queries on the problem's other variables before its own:
+    `... facts ... query C answer A query D answer` (each answered by its first proof token,
+    so one sequence supervises several query lookups)."""
     head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
-    return f"query {query} {head} answer"
-
-
-def backward_trace(prompt: str) -> str:
-    """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N`."""
-    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
-    queue, trace = [tokens[tokens.index("query") + 1]], []
-    while queue:
-        found = antecedents.get(queue.pop(0), [])
-        trace += found
-        queue += found
-    return " ".join(trace)
+    variables = sorted({t for t in head.split() if len(t) == 1 and t.isupper()} - {query})
+    blocks = []
+    for variable in rng.sample(variables, rng.randint(0, min(most, len(variables)))):
+        first = solve_compact(f"{head} query {variable} answer").split()[0]
+        blocks.append(f"query {variable} answer {first}")
+    return " ".join([head, *blocks, f"query {query} answer"])
 
 
 def summarize(paths: list[str]) -> str:
@@ -96,6 +96,9 @@ def main() -> None:
         print(summarize(args.summarize))
         return
     cfg = {**DEFAULTS, **json.loads(args.config)}
+    if cfg["multi_query"] and cfg["prompt_loss_weight"]:  # the prompt loss would teach `first-token query ...`
+        parser.error("multi_query and prompt_loss_weight do not combine: the prompt loss would train every "
+                     "inner answer to stop after its first token")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -115,9 +118,12 @@ def main() -> None:
         aux = list(splits["train"].prompt[:n])
         prompts += [p.removesuffix(" answer") + " >" for p in aux]
         answers += [backward_trace(p) for p in aux]
+    if cfg["multi_query"]:
+        rng = random.Random(cfg["data_seed"])
+        prompts = [with_earlier_queries(p, rng, cfg["multi_query"]) for p in prompts]
     val_prompts = list(splits["val"].prompt)
     if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
-        prompts, val_prompts = ([_query_first(p) for p in ps] for ps in (prompts, val_prompts))
+        prompts, val_prompts = ([query_first(p) for p in ps] for ps in (prompts, val_prompts))
     if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
         prompts, val_prompts = ([p.removesuffix(" answer") for p in ps] for ps in (prompts, val_prompts))
     train = encode(tokenizer, prompts, answers)
@@ -134,13 +140,14 @@ def main() -> None:
                                                    pct_start=cfg["warmup_frac"], anneal_strategy="cos",
                                                    cycle_momentum=False)
     stream = BatchStream(train, cfg["batch_size"], cfg["seed"], args.steps)
+    inner_answer_id = tokenizer.convert_tokens_to_ids("answer") if cfg["multi_query"] else None
     start, train_time = time.perf_counter(), 0.0
     for step in range(1, args.steps + 1):
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
         loss = training_loss(model(input_ids=ids).logits[:, :-1], batch, cfg["first_token_weight"],
-                             cfg["prompt_loss_weight"])
+                             cfg["prompt_loss_weight"], inner_answer_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

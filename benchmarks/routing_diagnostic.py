@@ -13,8 +13,12 @@ antecedent (right), the other rule's (the other chain), or elsewhere.
 
 Two controls on plain letter sequences (`rules K D Q ... query`) separate the content match from
 the logic: `--task induction` asks for the letter after one queried letter (one supervised
-content match per sequence), `--task copy` asks for the whole sequence again (every answer token
-after the first is a content match: the letter after the one just written).
+content match per sequence; `--queries 5` asks five in turn), `--task copy` asks for the whole
+sequence again (every answer token after the first is a content match: the letter after the one
+just written; `--length 0` varies the length so that position alone cannot do it).
+
+    python -m benchmarks.routing_diagnostic --task induction --queries 5 --threads 1
+    python -m benchmarks.routing_diagnostic --task copy --length 0 --threads 1
 """
 from __future__ import annotations
 
@@ -42,51 +46,104 @@ def rule_antecedents(prompt: str) -> dict[str, list[str]]:
                                                ("or", "and")] for rule in rules}
 
 
-def letter_sequences(n: int, seed: int, task: str, length: int = 10) -> tuple[list[str], list[str]]:
-    """`rules` + distinct random letters + `query` (+ one of them, for induction) -> the answer."""
+def backward_trace(prompt: str) -> str:
+    """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N`."""
+    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
+    queue, trace = [tokens[tokens.index("query") + 1]], []
+    while queue:
+        found = antecedents.get(queue.pop(0), [])
+        trace += found
+        queue += found
+    return " ".join(trace)
+
+
+def query_first(prompt: str) -> str:
+    """Move `query X` to the front: `query X rules ... facts ... answer`, so that every rule
+    token can see the query."""
+    head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
+    return f"query {query} {head} answer"
+
+
+def letter_sequences(n: int, seed: int, task: str, length: int = 10, queries: int = 1) -> tuple[list[str], list[str]]:
+    """`rules` + distinct random letters + `query` (+ one of them, for induction) -> the answer.
+
+    With ``queries`` > 1, induction asks several distinct letters in turn, each answered in the
+    prompt (`query K answer D query Q answer`): every answer is a supervised content match
+    (``inner_answer_id`` in the loss), at positions that differ from sequence to sequence.
+    With ``length`` 0 the copy task draws each sequence's length from 4-12, so copying cannot
+    be done by position alone."""
     rng, prompts, answers = random.Random(seed), [], []
     for _ in range(n):
-        letters = rng.sample(string.ascii_uppercase, length)
+        letters = rng.sample(string.ascii_uppercase, length or rng.randint(4, 12))
         if task == "copy":
             prompts.append(f"rules {' '.join(letters)} query")
             answers.append(" ".join(letters))
-        else:
-            i = rng.randrange(length - 1)
+        elif queries == 1:
+            i = rng.randrange(len(letters) - 1)
             prompts.append(f"rules {' '.join(letters)} query {letters[i]}")
             answers.append(letters[i + 1])
+        else:
+            asked = rng.sample(range(len(letters) - 1), queries)
+            blocks = [f"query {letters[i]} answer {letters[i + 1]}" for i in asked[:-1]]
+            prompts.append(" ".join(["rules", *letters, *blocks, f"query {letters[asked[-1]]} answer"]))
+            answers.append(letters[asked[-1] + 1])
     return prompts, answers
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["routing", "induction", "copy"], default="routing")
+    parser.add_argument("--with-copy", action="store_true",
+                        help="induction: half the training sequences are variable-length copies (validation unchanged)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--end-at-query", action="store_true", help="drop the final 'answer' token")
+    parser.add_argument("--query-first", action="store_true", help="routing: put `query X` before the rules")
+    parser.add_argument("--queries", type=int, default=1, help="induction: queried letters per sequence")
+    parser.add_argument("--length", type=int, default=10, help="letters per sequence (0: 4-12 at random)")
+    parser.add_argument("--with-trace", action="store_true",
+                        help="routing: half the training sequences are depth-5 problems answered by the query's "
+                             "backward trace (every answer token a backward rule lookup)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--train-size", type=int, default=50_000, help="distinct training sequences (repeated)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = build_logic_tokenizer()
     prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
+    if args.query_first:
+        prompt = query_first
     query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
     if args.task == "routing":
-        splits = generate_splits(0, {"train": 50_000, "val": 1_000}, depth=2, logop_share=0.5)
-        data = {name: encode(tokenizer, [prompt(p) for p in frame.prompt],
-                             [rule_antecedents(p)[query(p)][0] for p in frame.prompt]) for name, frame in splits.items()}
+        splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=2, logop_share=0.5)
+        texts = {name: ([prompt(p) for p in frame.prompt], [rule_antecedents(p)[query(p)][0] for p in frame.prompt])
+                 for name, frame in splits.items()}
+        if args.with_trace:  # the same lookup (a variable -> its rule's antecedents), many per sequence
+            deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=5, logop_share=0.5)["train"].prompt)
+            texts["train"] = (texts["train"][0][: args.train_size // 2] + [prompt(p) for p in deep],
+                              texts["train"][1][: args.train_size // 2] + [backward_trace(p) for p in deep])
+        data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     else:
-        data = {name: encode(tokenizer, *letter_sequences(size, seed, args.task))
-                for name, size, seed in (("train", 50_000, 0), ("val", 1_000, 1))}
+        texts = {name: letter_sequences(size, seed, args.task, args.length, args.queries)
+                 for name, size, seed in (("train", args.train_size, 0), ("val", 1_000, 1))}
+        if args.with_copy:  # the copy task drills the same circuit (current letter -> the one after it) densely
+            copies = letter_sequences(args.train_size, 2, "copy", 0)
+            texts["train"] = tuple(ours[: args.train_size // 2] + theirs[: args.train_size // 2]
+                                   for ours, theirs in zip(texts["train"], copies))
+        data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     model = build_logic_model(3, 3, 96, 128, 0.0, 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1,
                                                    cycle_momentum=False)
     stream, val, start = BatchStream(data["train"], 128, 0, args.steps), data["val"], time.perf_counter()
-    config = {"task": args.task, "end_at_query": args.end_at_query, "lr": args.lr}
+    config = {"task": args.task, "end_at_query": args.end_at_query, "query_first": args.query_first, "lr": args.lr,
+              "queries": args.queries, "length": args.length, "train_size": args.train_size,
+              "with_copy": args.with_copy, "with_trace": args.with_trace}
+    inner_answer_id = tokenizer.convert_tokens_to_ids("answer")
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
-        loss = training_loss(model(input_ids=batch.input_ids).logits[:, :-1], batch)
+        loss = training_loss(model(input_ids=batch.input_ids).logits[:, :-1], batch, inner_answer_id=inner_answer_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

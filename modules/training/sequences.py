@@ -50,19 +50,31 @@ def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
     return answer_targets(batch.input_ids, batch.prompt_lengths, batch.lengths)
 
 
-def answer_loss_weights(batch: EncodedSequences, first_token_weight: float = 1.0) -> torch.Tensor:
+def answer_loss_weights(batch: EncodedSequences, first_token_weight: float = 1.0,
+                        inner_answer_id: int | None = None) -> torch.Tensor:
     """[n, max_len-1] float weights over next-token targets: 1 on answer tokens and <eos>, 0
     elsewhere, and ``first_token_weight`` on the first answer token, the one decision that
-    needs the whole multi-hop search (the rest of a proof follows rule by rule)."""
+    needs the whole multi-hop search (the rest of a proof follows rule by rule).
+
+    With ``inner_answer_id`` (the ``answer`` keyword's id), the token after every earlier
+    ``answer`` inside the prompt is weighted ``first_token_weight`` too: a multi-query sequence
+    (``... query X answer f query Y answer``) then supervises each query's first proof token.
+    """
     weights = answer_loss_mask(batch).float()
     rows = torch.arange(len(batch), device=weights.device)
     weights[rows, batch.prompt_lengths.to(weights.device) - 1] *= first_token_weight
+    if inner_answer_id is not None:
+        source_pos = torch.arange(weights.shape[1], device=weights.device).unsqueeze(0)
+        inner = (batch.input_ids[:, :-1].to(weights.device) == inner_answer_id) & (
+            source_pos + 1 < batch.prompt_lengths.to(weights.device).unsqueeze(1))
+        weights[inner] = first_token_weight
     return weights
 
 
-def answer_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weight: float = 1.0) -> torch.Tensor:
+def answer_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weight: float = 1.0,
+                inner_answer_id: int | None = None) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over the answer; ``logits`` are [n, len-1, vocab]."""
-    weights = answer_loss_weights(batch, first_token_weight).to(logits.device)
+    weights = answer_loss_weights(batch, first_token_weight, inner_answer_id).to(logits.device)
     targets = batch.input_ids[:, 1:].to(logits.device)
     token_loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     return (token_loss * weights).sum() / weights.sum()
@@ -82,9 +94,9 @@ def prompt_loss(logits: torch.Tensor, batch: EncodedSequences) -> torch.Tensor:
 
 
 def training_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_weight: float = 1.0,
-                  prompt_loss_weight: float = 0.0) -> torch.Tensor:
+                  prompt_loss_weight: float = 0.0, inner_answer_id: int | None = None) -> torch.Tensor:
     """The answer loss plus ``prompt_loss_weight`` times the prompt loss."""
-    loss = answer_loss(logits, batch, first_token_weight)
+    loss = answer_loss(logits, batch, first_token_weight, inner_answer_id)
     return loss + prompt_loss_weight * prompt_loss(logits, batch) if prompt_loss_weight else loss
 
 

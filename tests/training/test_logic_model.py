@@ -74,6 +74,21 @@ def test_prompt_loss_reads_prompt_targets_only_and_adds_to_the_answer_loss():
         assert torch.allclose(mixed, answer_loss(logits, batch, 2.0) + 0.5 * prompt_loss(logits, batch))
 
 
+def test_inner_answers_of_a_multi_query_prompt_get_the_first_token_weight():
+    from modules.training.sequences import answer_loss_weights
+
+    tokenizer = build_logic_tokenizer()
+    batch = encode(tokenizer, ["rules A > B . facts A 1 query A answer A query B answer",
+                               "rules A > B . facts A 1 query B answer"], ["A B", "A B"])
+    answer_id = tokenizer.convert_tokens_to_ids("answer")
+    plain = answer_loss_weights(batch, 3.0)
+    weighted = answer_loss_weights(batch, 3.0, answer_id)
+    extra = (weighted - plain).nonzero().tolist()
+    # only the token after row 0's inner `answer` (input position 10) is added: target 10 is token 11
+    assert extra == [[0, 10]] and weighted[0, 10] == 3.0
+    assert tokenizer.convert_ids_to_tokens([int(batch.input_ids[0, 11])]) == ["A"]
+    assert torch.equal(weighted[1], plain[1])  # a one-query prompt is unchanged
+
 def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
     torch.manual_seed(0)
     model, tokenizer = build_logic_model(n_embd=24).eval(), build_logic_tokenizer()
