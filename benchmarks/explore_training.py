@@ -99,6 +99,8 @@ def main() -> None:
     if cfg["multi_query"] and cfg["prompt_loss_weight"]:  # the prompt loss would teach `first-token query ...`
         parser.error("multi_query and prompt_loss_weight do not combine: the prompt loss would train every "
                      "inner answer to stop after its first token")
+    if cfg["multi_query"] and cfg["backward_aux"]:  # trace prompts end `query W >`, not `answer`
+        parser.error("multi_query and backward_aux do not combine: trace sequences have no `answer` to extend")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -90,6 +90,15 @@ def letter_sequences(n: int, seed: int, task: str, length: int = 10, queries: in
     return prompts, answers
 
 
+Texts = tuple[list[str], list[str]]  # (prompts, answers)
+
+
+def half_and_half(ours: Texts, theirs: Texts) -> Texts:
+    """The first half of (prompts, answers) ``ours`` followed by as many of ``theirs``."""
+    half = len(ours[0]) // 2
+    return ours[0][:half] + theirs[0][:half], ours[1][:half] + theirs[1][:half]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=["routing", "induction", "copy"], default="routing")
@@ -121,16 +130,14 @@ def main() -> None:
                  for name, frame in splits.items()}
         if args.with_trace:  # the same lookup (a variable -> its rule's antecedents), many per sequence
             deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=5, logop_share=0.5)["train"].prompt)
-            texts["train"] = (texts["train"][0][: args.train_size // 2] + [prompt(p) for p in deep],
-                              texts["train"][1][: args.train_size // 2] + [backward_trace(p) for p in deep])
+            traces = ([prompt(p) for p in deep], [backward_trace(p) for p in deep])
+            texts["train"] = half_and_half(texts["train"], traces)
         data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     else:
         texts = {name: letter_sequences(size, seed, args.task, args.length, args.queries)
                  for name, size, seed in (("train", args.train_size, 0), ("val", 1_000, 1))}
         if args.with_copy:  # the copy task drills the same circuit (current letter -> the one after it) densely
-            copies = letter_sequences(args.train_size, 2, "copy", 0)
-            texts["train"] = tuple(ours[: args.train_size // 2] + theirs[: args.train_size // 2]
-                                   for ours, theirs in zip(texts["train"], copies))
+            texts["train"] = half_and_half(texts["train"], letter_sequences(args.train_size, 2, "copy", 0))
         data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     model = build_logic_model(3, 3, 96, 128, 0.0, 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
