@@ -33,7 +33,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
-                multi_query=0)
+                multi_query=0, trace_depth=None)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -115,23 +115,36 @@ def main() -> None:
         extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth)["train"]
         prompts += list(extra.prompt)
         answers += list(extra.answer)
-    if cfg["backward_aux"]:  # extra sequences `... query W >` -> the query's backward trace
+    if cfg["trace_depth"] == cfg["depth"]:  # the trace prompt would be the task prompt with another answer
+        parser.error("trace_depth must differ from depth: its prompts must not look like the task's")
+    traces = []  # (prompt, trace) pairs; with trace_depth their prompts are shaped like the task's below
+    if cfg["backward_aux"]:  # extra sequences -> the query's backward trace
         n = int(len(splits["train"]) * cfg["backward_aux"])
-        aux = list(splits["train"].prompt[:n])
-        prompts += [p.removesuffix(" answer") + " >" for p in aux]
+        if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
+            deep = generate_splits(cfg["data_seed"] + 7, {"train": n, "val": 1000}, depth=cfg["trace_depth"])
+            traces = [(p, backward_trace(p)) for p in deep["val"].prompt]
+            aux, aux_prompts = list(deep["train"].prompt), list(deep["train"].prompt)
+        else:  # the task's own problems, prompts `... query W >`
+            aux = list(splits["train"].prompt[:n])
+            aux_prompts = [p.removesuffix(" answer") + " >" for p in aux]
+        prompts += aux_prompts
         answers += [backward_trace(p) for p in aux]
     if cfg["multi_query"]:
         rng = random.Random(cfg["data_seed"])
         prompts = [with_earlier_queries(p, rng, cfg["multi_query"]) for p in prompts]
     val_prompts = list(splits["val"].prompt)
+    trace_prompts = [p for p, _ in traces]
     if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
-        prompts, val_prompts = ([query_first(p) for p in ps] for ps in (prompts, val_prompts))
+        prompts, val_prompts, trace_prompts = ([query_first(p) for p in ps] for ps in
+                                               (prompts, val_prompts, trace_prompts))
     if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
-        prompts, val_prompts = ([p.removesuffix(" answer") for p in ps] for ps in (prompts, val_prompts))
+        prompts, val_prompts, trace_prompts = ([p.removesuffix(" answer") for p in ps] for ps in
+                                               (prompts, val_prompts, trace_prompts))
     train = encode(tokenizer, prompts, answers)
-    val = encode(tokenizer, val_prompts, list(splits["val"].answer))
-    val = type(val)(val.input_ids.to(device), val.prompt_lengths.to(device), val.lengths.to(device))
-    seen = type(train)(*(t[:2000].to(device) for t in (train.input_ids, train.prompt_lengths, train.lengths)))
+    to_device = lambda d: type(d)(*(t.to(device) for t in (d.input_ids, d.prompt_lengths, d.lengths)))  # noqa: E731
+    val = to_device(encode(tokenizer, val_prompts, list(splits["val"].answer)))
+    val_trace = to_device(encode(tokenizer, trace_prompts, [t for _, t in traces])) if traces else None
+    seen = to_device(type(train)(*(t[:2000] for t in (train.input_ids, train.prompt_lengths, train.lengths))))
     model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -162,9 +175,10 @@ def main() -> None:
             model.eval()
             exact, first = teacher_forced(model, val)
             train_exact, _ = teacher_forced(model, seen)
+            trace = {"val_trace_exact": teacher_forced(model, val_trace)[0]} if val_trace is not None else {}
             model.train()
             print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
-                              "val_exact": exact, "val_first_token": first, "train_exact": train_exact,
+                              "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace,
                               "train_s": round(train_time, 1), "wall_s": round(time.perf_counter() - start, 1)}),
                   flush=True)
             if args.stop_at_perfect and exact == 1.0:
