@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.routing_diagnostic import backward_trace, query_first
+from benchmarks.routing_diagnostic import ancestor_path, backward_trace, query_first
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
 from modules.models.logic_model import build_logic_model
@@ -33,7 +33,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
-                multi_query=0, trace_depth=None)
+                multi_query=0, trace_depth=None, trace_every=1)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -118,17 +118,18 @@ def main() -> None:
     if cfg["trace_depth"] == cfg["depth"]:  # the trace prompt would be the task prompt with another answer
         parser.error("trace_depth must differ from depth: its prompts must not look like the task's")
     traces = []  # (prompt, trace) pairs; with trace_depth their prompts are shaped like the task's below
-    if cfg["backward_aux"]:  # extra sequences -> the query's backward trace
+    if cfg["backward_aux"]:  # extra sequences -> the query's backward trace (trace_every 2: every second ancestor)
         n = int(len(splits["train"]) * cfg["backward_aux"])
+        trace = backward_trace if cfg["trace_every"] == 1 else lambda p: ancestor_path(p, cfg["trace_every"])
         if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
             deep = generate_splits(cfg["data_seed"] + 7, {"train": n, "val": 1000}, depth=cfg["trace_depth"])
-            traces = [(p, backward_trace(p)) for p in deep["val"].prompt]
+            traces = [(p, trace(p)) for p in deep["val"].prompt]
             aux, aux_prompts = list(deep["train"].prompt), list(deep["train"].prompt)
         else:  # the task's own problems, prompts `... query W >`
             aux = list(splits["train"].prompt[:n])
             aux_prompts = [p.removesuffix(" answer") + " >" for p in aux]
         prompts += aux_prompts
-        answers += [backward_trace(p) for p in aux]
+        answers += [trace(p) for p in aux]
     if cfg["multi_query"]:
         rng = random.Random(cfg["data_seed"])
         prompts = [with_earlier_queries(p, rng, cfg["multi_query"]) for p in prompts]
@@ -175,10 +176,11 @@ def main() -> None:
             model.eval()
             exact, first = teacher_forced(model, val)
             train_exact, _ = teacher_forced(model, seen)
-            trace = {"val_trace_exact": teacher_forced(model, val_trace)[0]} if val_trace is not None else {}
+            trace_metrics = {} if val_trace is None else dict(zip(("val_trace_exact", "val_trace_first_token"),
+                                                                  teacher_forced(model, val_trace)))
             model.train()
             print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
-                              "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace,
+                              "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace_metrics,
                               "train_s": round(train_time, 1), "wall_s": round(time.perf_counter() - start, 1)}),
                   flush=True)
             if args.stop_at_perfect and exact == 1.0:

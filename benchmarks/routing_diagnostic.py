@@ -10,6 +10,10 @@ antecedent (right), the other rule's (the other chain), or elsewhere.
 
     python -m benchmarks.routing_diagnostic --steps 1500 --threads 1
     python -m benchmarks.routing_diagnostic --end-at-query   # prompts end at the query variable
+    python -m benchmarks.routing_diagnostic --end-at-query --with-trace --steps 3000   # learns it
+
+`--hops 2 --depth 3` asks instead for the ancestor two links up (the chain's source, as the
+depth-3 task's first proof token needs), with `--with-trace` traces of every second ancestor.
 
 Two controls on plain letter sequences (`rules K D Q ... query`) separate the content match from
 the logic: `--task induction` asks for the letter after one queried letter (one supervised
@@ -55,6 +59,17 @@ def backward_trace(prompt: str) -> str:
         trace += found
         queue += found
     return " ".join(trace)
+
+
+def ancestor_path(prompt: str, every: int = 1) -> str:
+    """The query's ancestors along first-written antecedents, every ``every``-th one:
+    `A > B . B > C . C > D . query D` -> `C B A` (every 1) or `B` (every 2). With ``every`` 2 each
+    answer token is a two-link lookup from the token before it."""
+    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
+    path = [tokens[tokens.index("query") + 1]]
+    while path[-1] in antecedents:
+        path.append(antecedents[path[-1]][0])
+    return " ".join(path[every::every])
 
 
 def query_first(prompt: str) -> str:
@@ -111,8 +126,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1, help="induction: queried letters per sequence")
     parser.add_argument("--length", type=int, default=10, help="letters per sequence (0: 4-12 at random)")
     parser.add_argument("--with-trace", action="store_true",
-                        help="routing: half the training sequences are depth-5 problems answered by the query's "
-                             "backward trace (every answer token a backward rule lookup)")
+                        help="routing: half the training sequences are deeper problems answered by the query's "
+                             "backward trace (every answer token a backward rule lookup; with --hops 2 every "
+                             "second ancestor, each token a two-link lookup)")
+    parser.add_argument("--hops", type=int, default=1,
+                        help="routing: rule links from the query to the answer (first-written antecedents)")
+    parser.add_argument("--depth", type=int, default=2, help="routing: depth of the problems")
+    parser.add_argument("--trace-depth", type=int, default=5, help="routing: depth of the --with-trace problems")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--train-size", type=int, default=50_000, help="distinct training sequences (repeated)")
     parser.add_argument("--threads", type=int, default=0)
@@ -125,12 +145,15 @@ def main() -> None:
         prompt = query_first
     query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
     if args.task == "routing":
-        splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=2, logop_share=0.5)
-        texts = {name: ([prompt(p) for p in frame.prompt], [rule_antecedents(p)[query(p)][0] for p in frame.prompt])
+        splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=args.depth, logop_share=0.5)
+        answer = lambda p: ancestor_path(p, args.hops).split()[0]  # noqa: E731
+        texts = {name: ([prompt(p) for p in frame.prompt], [answer(p) for p in frame.prompt])
                  for name, frame in splits.items()}
         if args.with_trace:  # the same lookup (a variable -> its rule's antecedents), many per sequence
-            deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=5, logop_share=0.5)["train"].prompt)
-            traces = ([prompt(p) for p in deep], [backward_trace(p) for p in deep])
+            deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=args.trace_depth,
+                                        logop_share=0.5)["train"].prompt)
+            trace = backward_trace if args.hops == 1 else lambda p: ancestor_path(p, args.hops)
+            traces = ([prompt(p) for p in deep], [trace(p) for p in deep])
             texts["train"] = half_and_half(texts["train"], traces)
         data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     else:
@@ -146,7 +169,8 @@ def main() -> None:
     stream, val, start = BatchStream(data["train"], 128, 0, args.steps), data["val"], time.perf_counter()
     config = {"task": args.task, "end_at_query": args.end_at_query, "query_first": args.query_first, "lr": args.lr,
               "queries": args.queries, "length": args.length, "train_size": args.train_size,
-              "with_copy": args.with_copy, "with_trace": args.with_trace}
+              "with_copy": args.with_copy, "with_trace": args.with_trace, "hops": args.hops, "depth": args.depth,
+              "trace_depth": args.trace_depth}
     inner_answer_id = tokenizer.convert_tokens_to_ids("answer")
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
@@ -171,9 +195,10 @@ def main() -> None:
     sources = Counter()
     for p, token, chain in zip(splits["val"].prompt, tokenizer.convert_ids_to_tokens(first.tolist()),
                                splits["val"].query_chain):
-        rules, q = rule_antecedents(p), query(p)
-        other = next(ante for concl, ante in rules.items() if concl != q)
-        where = "queried_rule" if token == rules[q][0] else "other_rule" if token in other else "elsewhere"
+        # "queried_rule": the right ancestor; "other_rule": any variable of the other chain
+        queried = set(backward_trace(p).split()) | {query(p)}
+        other = {t for t in p.split() if len(t) == 1 and t.isupper()} - queried
+        where = "queried_rule" if token == answer(p) else "other_rule" if token in other else "elsewhere"
         sources[f"{chain}/{where}"] += 1
     print(json.dumps({"config": config, "first_token_from": dict(sorted(sources.items()))}), flush=True)
 
