@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.routing_diagnostic import ancestor_path, backward_trace, query_first
+from benchmarks.routing_diagnostic import query_first, trace_answer
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
 from modules.models.logic_model import build_logic_model
@@ -120,11 +120,11 @@ def main() -> None:
     traces = []  # (prompt, trace) pairs; with trace_depth their prompts are shaped like the task's below
     if cfg["backward_aux"]:  # extra sequences -> the query's backward trace (trace_every 2: every second ancestor)
         n = int(len(splits["train"]) * cfg["backward_aux"])
-        trace = backward_trace if cfg["trace_every"] == 1 else lambda p: ancestor_path(p, cfg["trace_every"])
+        trace = trace_answer(cfg["trace_every"])
         if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
             deep = generate_splits(cfg["data_seed"] + 7, {"train": n, "val": 1000}, depth=cfg["trace_depth"])
             traces = [(p, trace(p)) for p in deep["val"].prompt]
-            aux, aux_prompts = list(deep["train"].prompt), list(deep["train"].prompt)
+            aux = aux_prompts = list(deep["train"].prompt)
         else:  # the task's own problems, prompts `... query W >`
             aux = list(splits["train"].prompt[:n])
             aux_prompts = [p.removesuffix(" answer") + " >" for p in aux]

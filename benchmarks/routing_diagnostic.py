@@ -72,6 +72,12 @@ def ancestor_path(prompt: str, every: int = 1) -> str:
     return " ".join(path[every::every])
 
 
+def trace_answer(every: int):
+    """The trace that answers an auxiliary sequence: every variable's antecedents breadth first
+    (``every`` 1), or every ``every``-th ancestor along first-written antecedents."""
+    return backward_trace if every == 1 else lambda prompt: ancestor_path(prompt, every)
+
+
 def query_first(prompt: str) -> str:
     """Move `query X` to the front: `query X rules ... facts ... answer`, so that every rule
     token can see the query."""
@@ -152,8 +158,7 @@ def main() -> None:
         if args.with_trace:  # the same lookup (a variable -> its rule's antecedents), many per sequence
             deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=args.trace_depth,
                                         logop_share=0.5)["train"].prompt)
-            trace = backward_trace if args.hops == 1 else lambda p: ancestor_path(p, args.hops)
-            traces = ([prompt(p) for p in deep], [trace(p) for p in deep])
+            traces = ([prompt(p) for p in deep], [trace_answer(args.hops)(p) for p in deep])
             texts["train"] = half_and_half(texts["train"], traces)
         data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     else:
