@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.routing_diagnostic import query_first, trace_answer
+from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
 from modules.models.logic_model import build_logic_model
@@ -52,9 +52,9 @@ def with_earlier_queries(prompt: str, rng: random.Random, most: int) -> str:
     `... facts ... query C answer A query D answer` (each answered by its first proof token,
     so one sequence supervises several query lookups)."""
     head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
-    variables = sorted({t for t in head.split() if len(t) == 1 and t.isupper()} - {query})
+    others = sorted(variables(head) - {query})
     blocks = []
-    for variable in rng.sample(variables, rng.randint(0, min(most, len(variables)))):
+    for variable in rng.sample(others, rng.randint(0, min(most, len(others)))):
         first = solve_compact(f"{head} query {variable} answer").split()[0]
         blocks.append(f"query {variable} answer {first}")
     return " ".join([head, *blocks, f"query {query} answer"])

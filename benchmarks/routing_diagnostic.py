@@ -50,10 +50,21 @@ def rule_antecedents(prompt: str) -> dict[str, list[str]]:
                                                ("or", "and")] for rule in rules}
 
 
+def queried_variable(prompt: str) -> str:
+    """The variable after `query`."""
+    tokens = prompt.split()
+    return tokens[tokens.index("query") + 1]
+
+
+def variables(text: str) -> set[str]:
+    """The variables (single capital letters) named in ``text``."""
+    return {t for t in text.split() if len(t) == 1 and t.isupper()}
+
+
 def backward_trace(prompt: str) -> str:
     """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N`."""
-    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
-    queue, trace = [tokens[tokens.index("query") + 1]], []
+    antecedents = rule_antecedents(prompt)
+    queue, trace = [queried_variable(prompt)], []
     while queue:
         found = antecedents.get(queue.pop(0), [])
         trace += found
@@ -65,8 +76,8 @@ def ancestor_path(prompt: str, every: int = 1) -> str:
     """The query's ancestors along first-written antecedents, every ``every``-th one:
     `A > B . B > C . C > D . query D` -> `C B A` (every 1) or `B` (every 2). With ``every`` 2 each
     answer token is a two-link lookup from the token before it."""
-    tokens, antecedents = prompt.split(), rule_antecedents(prompt)
-    path = [tokens[tokens.index("query") + 1]]
+    antecedents = rule_antecedents(prompt)
+    path = [queried_variable(prompt)]
     while path[-1] in antecedents:
         path.append(antecedents[path[-1]][0])
     return " ".join(path[every::every])
@@ -149,7 +160,6 @@ def main() -> None:
     prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
     if args.query_first:
         prompt = query_first
-    query = lambda p: p.split()[p.split().index("query") + 1]  # noqa: E731
     if args.task == "routing":
         splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=args.depth, logop_share=0.5)
         answer = lambda p: ancestor_path(p, args.hops).split()[0]  # noqa: E731
@@ -160,13 +170,12 @@ def main() -> None:
                                         logop_share=0.5)["train"].prompt)
             traces = ([prompt(p) for p in deep], [trace_answer(args.hops)(p) for p in deep])
             texts["train"] = half_and_half(texts["train"], traces)
-        data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     else:
         texts = {name: letter_sequences(size, seed, args.task, args.length, args.queries)
                  for name, size, seed in (("train", args.train_size, 0), ("val", 1_000, 1))}
         if args.with_copy:  # the copy task drills the same circuit (current letter -> the one after it) densely
             texts["train"] = half_and_half(texts["train"], letter_sequences(args.train_size, 2, "copy", 0))
-        data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
+    data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     model = build_logic_model(3, 3, 96, 128, 0.0, 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1,
@@ -201,8 +210,7 @@ def main() -> None:
     for p, token, chain in zip(splits["val"].prompt, tokenizer.convert_ids_to_tokens(first.tolist()),
                                splits["val"].query_chain):
         # "queried_rule": the right ancestor; "other_rule": any variable of the other chain
-        queried = set(backward_trace(p).split()) | {query(p)}
-        other = {t for t in p.split() if len(t) == 1 and t.isupper()} - queried
+        other = variables(p) - variables(backward_trace(p)) - {queried_variable(p)}
         where = "queried_rule" if token == answer(p) else "other_rule" if token in other else "elsewhere"
         sources[f"{chain}/{where}"] += 1
     print(json.dumps({"config": config, "first_token_from": dict(sorted(sources.items()))}), flush=True)

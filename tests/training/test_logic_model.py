@@ -89,6 +89,7 @@ def test_inner_answers_of_a_multi_query_prompt_get_the_first_token_weight():
     assert tokenizer.convert_ids_to_tokens([int(batch.input_ids[0, 11])]) == ["A"]
     assert torch.equal(weighted[1], plain[1])  # a one-query prompt is unchanged
 
+
 def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
     torch.manual_seed(0)
     model, tokenizer = build_logic_model(n_embd=24).eval(), build_logic_tokenizer()
