@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import string
 import time
@@ -96,6 +97,19 @@ def query_first(prompt: str) -> str:
     return f"query {query} {head} answer"
 
 
+def sinusoidal_positions(model, scale: float = 0.02) -> None:
+    """Overwrite the learned position embeddings with a sinusoidal table (sin on even, cos on odd
+    dimensions) rescaled to standard deviation ``scale``, the token embeddings' init: offsets are
+    then linear maps of positions, which might speed up the previous-token heads a lookup needs."""
+    positions, dim = model.transformer.wpe.weight.shape
+    pos = torch.arange(positions).unsqueeze(1).float()
+    freq = torch.exp(-math.log(10_000.0) * torch.arange(0, dim, 2).float() / dim)
+    table = torch.zeros(positions, dim)
+    table[:, 0::2], table[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    with torch.no_grad():
+        model.transformer.wpe.weight.copy_(table / table.std() * scale)
+
+
 def letter_sequences(n: int, seed: int, task: str, length: int = 10, queries: int = 1) -> tuple[list[str], list[str]]:
     """`rules` + distinct random letters + `query` (+ one of them, for induction) -> the answer.
 
@@ -150,16 +164,19 @@ def main() -> None:
                         help="routing: rule links from the query to the answer (first-written antecedents)")
     parser.add_argument("--depth", type=int, default=2, help="routing: depth of the problems")
     parser.add_argument("--trace-depth", type=int, default=5, help="routing: depth of the --with-trace problems")
+    parser.add_argument("--position-init", choices=["learned", "sinusoidal"], default="learned",
+                        help="start the position embeddings random (GPT-2's init) or sinusoidal")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--train-size", type=int, default=50_000, help="distinct training sequences (repeated)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    if args.query_first and args.end_at_query:  # a query-first prompt ends at `answer` by construction
+        parser.error("--query-first and --end-at-query do not combine: a query-first prompt ends with `answer`")
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = build_logic_tokenizer()
-    prompt = (lambda p: p.removesuffix(" answer")) if args.end_at_query else (lambda p: p)
-    if args.query_first:
-        prompt = query_first
+    prompt = query_first if args.query_first else (lambda p: p.removesuffix(" answer")) if args.end_at_query \
+        else (lambda p: p)
     if args.task == "routing":
         splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=args.depth, logop_share=0.5)
         answer = lambda p: ancestor_path(p, args.hops).split()[0]  # noqa: E731
@@ -177,6 +194,8 @@ def main() -> None:
             texts["train"] = half_and_half(texts["train"], letter_sequences(args.train_size, 2, "copy", 0))
     data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
     model = build_logic_model(3, 3, 96, 128, 0.0, 0)
+    if args.position_init == "sinusoidal":
+        sinusoidal_positions(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1,
                                                    cycle_momentum=False)
@@ -184,7 +203,7 @@ def main() -> None:
     config = {"task": args.task, "end_at_query": args.end_at_query, "query_first": args.query_first, "lr": args.lr,
               "queries": args.queries, "length": args.length, "train_size": args.train_size,
               "with_copy": args.with_copy, "with_trace": args.with_trace, "hops": args.hops, "depth": args.depth,
-              "trace_depth": args.trace_depth}
+              "trace_depth": args.trace_depth, "position_init": args.position_init}
     inner_answer_id = tokenizer.convert_tokens_to_ids("answer")
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
