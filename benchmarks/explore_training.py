@@ -33,7 +33,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
-                multi_query=0, trace_depth=None, trace_every=1)
+                multi_query=0, trace_depth=None, trace_every=1, more_traces=[])
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -58,6 +58,14 @@ def with_earlier_queries(prompt: str, rng: random.Random, most: int) -> str:
         first = solve_compact(f"{head} query {variable} answer").split()[0]
         blocks.append(f"query {variable} answer {first}")
     return " ".join([head, *blocks, f"query {query} answer"])
+
+
+def trace_set(seed: int, n: int, depth: int, every: int):
+    """``n`` training (prompts, traces) of depth-``depth`` problems and 1,000 held-out (prompt, trace)
+    pairs; the traces list every ``every``-th ancestor of the query (1: all antecedents, breadth first)."""
+    deep, trace = generate_splits(seed, {"train": n, "val": 1000}, depth=depth), trace_answer(every)
+    prompts = list(deep["train"].prompt)
+    return prompts, [trace(p) for p in prompts], [(p, trace(p)) for p in deep["val"].prompt]
 
 
 def summarize(paths: list[str]) -> str:
@@ -117,34 +125,41 @@ def main() -> None:
         answers += list(extra.answer)
     if cfg["trace_depth"] == cfg["depth"]:  # the trace prompt would be the task prompt with another answer
         parser.error("trace_depth must differ from depth: its prompts must not look like the task's")
-    traces = []  # (prompt, trace) pairs; with trace_depth their prompts are shaped like the task's below
+    held_out = {}  # name -> held-out (prompt, trace) pairs, prompts shaped like the task's below
     if cfg["backward_aux"]:  # extra sequences -> the query's backward trace (trace_every 2: every second ancestor)
         n = int(len(splits["train"]) * cfg["backward_aux"])
-        trace = trace_answer(cfg["trace_every"])
         if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
-            deep = generate_splits(cfg["data_seed"] + 7, {"train": n, "val": 1000}, depth=cfg["trace_depth"])
-            traces = [(p, trace(p)) for p in deep["val"].prompt]
-            aux = aux_prompts = list(deep["train"].prompt)
+            aux_prompts, aux_answers, held_out["trace"] = trace_set(cfg["data_seed"] + 7, n, cfg["trace_depth"],
+                                                                    cfg["trace_every"])
         else:  # the task's own problems, prompts `... query W >`
             aux = list(splits["train"].prompt[:n])
             aux_prompts = [p.removesuffix(" answer") + " >" for p in aux]
+            aux_answers = [trace_answer(cfg["trace_every"])(p) for p in aux]
         prompts += aux_prompts
-        answers += [trace(p) for p in aux]
+        answers += aux_answers
+    for depth, every, share in cfg["more_traces"]:  # further trace sets beside the first, e.g. [7, 2, 0.5]
+        if depth in (cfg["depth"], cfg["trace_depth"]):  # one prompt shape, one kind of answer
+            parser.error(f"more_traces depth {depth} is already the task's or trace_depth's")
+        aux_prompts, aux_answers, held_out[f"trace{depth}"] = trace_set(cfg["data_seed"] + 7 + depth,
+                                                                        int(len(splits["train"]) * share), depth, every)
+        prompts += aux_prompts
+        answers += aux_answers
     if cfg["multi_query"]:
         rng = random.Random(cfg["data_seed"])
         prompts = [with_earlier_queries(p, rng, cfg["multi_query"]) for p in prompts]
     val_prompts = list(splits["val"].prompt)
-    trace_prompts = [p for p, _ in traces]
+    trace_prompts = {name: [p for p, _ in pairs] for name, pairs in held_out.items()}
     if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
-        prompts, val_prompts, trace_prompts = ([query_first(p) for p in ps] for ps in
-                                               (prompts, val_prompts, trace_prompts))
+        prompts, val_prompts = ([query_first(p) for p in ps] for ps in (prompts, val_prompts))
+        trace_prompts = {name: [query_first(p) for p in ps] for name, ps in trace_prompts.items()}
     if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
-        prompts, val_prompts, trace_prompts = ([p.removesuffix(" answer") for p in ps] for ps in
-                                               (prompts, val_prompts, trace_prompts))
+        prompts, val_prompts = ([p.removesuffix(" answer") for p in ps] for ps in (prompts, val_prompts))
+        trace_prompts = {name: [p.removesuffix(" answer") for p in ps] for name, ps in trace_prompts.items()}
     train = encode(tokenizer, prompts, answers)
     to_device = lambda d: type(d)(*(t.to(device) for t in (d.input_ids, d.prompt_lengths, d.lengths)))  # noqa: E731
     val = to_device(encode(tokenizer, val_prompts, list(splits["val"].answer)))
-    val_trace = to_device(encode(tokenizer, trace_prompts, [t for _, t in traces])) if traces else None
+    val_traces = {name: to_device(encode(tokenizer, trace_prompts[name], [t for _, t in pairs]))
+                  for name, pairs in held_out.items()}
     seen = to_device(type(train)(*(t[:2000] for t in (train.input_ids, train.prompt_lengths, train.lengths))))
     model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -176,8 +191,8 @@ def main() -> None:
             model.eval()
             exact, first = teacher_forced(model, val)
             train_exact, _ = teacher_forced(model, seen)
-            trace_metrics = {} if val_trace is None else dict(zip(("val_trace_exact", "val_trace_first_token"),
-                                                                  teacher_forced(model, val_trace)))
+            trace_metrics = {f"val_{name}_{metric}": value for name, data in val_traces.items()
+                             for metric, value in zip(("exact", "first_token"), teacher_forced(model, data))}
             model.train()
             print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
                               "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace_metrics,
