@@ -147,18 +147,18 @@ def main() -> None:
     if cfg["multi_query"]:
         rng = random.Random(cfg["data_seed"])
         prompts = [with_earlier_queries(p, rng, cfg["multi_query"]) for p in prompts]
-    val_prompts = list(splits["val"].prompt)
-    trace_prompts = {name: [p for p, _ in pairs] for name, pairs in held_out.items()}
-    if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
-        prompts, val_prompts = ([query_first(p) for p in ps] for ps in (prompts, val_prompts))
-        trace_prompts = {name: [query_first(p) for p in ps] for name, ps in trace_prompts.items()}
-    if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
-        prompts, val_prompts = ([p.removesuffix(" answer") for p in ps] for ps in (prompts, val_prompts))
-        trace_prompts = {name: [p.removesuffix(" answer") for p in ps] for name, ps in trace_prompts.items()}
-    train = encode(tokenizer, prompts, answers)
+
+    def shaped(prompt: str) -> str:  # every prompt, trained or held out, takes the same shape
+        if cfg["query_first"]:  # move "query X" to the front: every rule token can then see the query
+            prompt = query_first(prompt)
+        if cfg["end_at_query"]:  # drop the final "answer": the query variable itself predicts the proof
+            prompt = prompt.removesuffix(" answer")
+        return prompt
+
+    train = encode(tokenizer, [shaped(p) for p in prompts], answers)
     to_device = lambda d: type(d)(*(t.to(device) for t in (d.input_ids, d.prompt_lengths, d.lengths)))  # noqa: E731
-    val = to_device(encode(tokenizer, val_prompts, list(splits["val"].answer)))
-    val_traces = {name: to_device(encode(tokenizer, trace_prompts[name], [t for _, t in pairs]))
+    val = to_device(encode(tokenizer, [shaped(p) for p in splits["val"].prompt], list(splits["val"].answer)))
+    val_traces = {name: to_device(encode(tokenizer, [shaped(p) for p, _ in pairs], [t for _, t in pairs]))
                   for name, pairs in held_out.items()}
     seen = to_device(type(train)(*(t[:2000] for t in (train.input_ids, train.prompt_lengths, train.lengths))))
     model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
