@@ -24,7 +24,7 @@ import torch
 from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
-from modules.models.logic_model import build_logic_model
+from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import teacher_forced_exact_match
 from modules.training.sequences import BatchStream, encode, training_loss
@@ -33,7 +33,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
-                multi_query=0, trace_depth=None, trace_every=1, more_traces=[])
+                multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None)
 
 
 def teacher_forced(model, data, batch_size=2000):
@@ -45,6 +45,20 @@ def teacher_forced(model, data, batch_size=2000):
         exact.append(teacher_forced_exact_match(model, ids, prompt_lengths, lengths))
         first.append(teacher_forced_exact_match(model, ids, prompt_lengths, prompt_lengths + 1))
     return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
+
+
+def grown(model, n_layer: int, seed: int):
+    """``model`` with new blocks on top, up to ``n_layer``: the new blocks' output projections start
+    at zero, so the grown model computes exactly what the smaller one did."""
+    config = model.config
+    bigger = build_logic_model(n_layer, config.n_head, config.n_embd, config.n_positions, 0.0, seed)
+    bigger.load_state_dict(model.state_dict(), strict=False)  # the new blocks are the missing keys
+    with torch.no_grad():
+        for block in bigger.transformer.h[config.n_layer:]:
+            for projection in (block.attn.c_proj, block.mlp.c_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+    return bigger
 
 
 def with_earlier_queries(prompt: str, rng: random.Random, most: int) -> str:
@@ -99,6 +113,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--stop-at-perfect", action="store_true")
+    parser.add_argument("--save", metavar="DIR", help="write the final model and tokenizer there (a standard HF "
+                        "directory the analysis stages load)")
     args = parser.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
@@ -161,7 +177,13 @@ def main() -> None:
     val_traces = {name: to_device(encode(tokenizer, [shaped(p) for p, _ in pairs], [t for _, t in pairs]))
                   for name, pairs in held_out.items()}
     seen = to_device(type(train)(*(t[:2000] for t in (train.input_ids, train.prompt_lengths, train.lengths))))
-    model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
+    if cfg["init_from"]:  # warm start (a curriculum): a model saved by an earlier run's --save
+        model = load_checkpoint(cfg["init_from"])[0]
+        if model.config.n_layer < cfg["n_layer"]:  # grow a shallower model (its lookups sit low) to n_layer
+            model = grown(model, cfg["n_layer"], cfg["seed"])
+        model = model.to(device)
+    else:
+        model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -206,6 +228,8 @@ def main() -> None:
     print(json.dumps({"config": json.loads(args.config), "breakdown": {
         f"{k[0]}/{k[1]}/{k[2]}": round(v, 3)
         for k, v in frame.groupby(["query_chain", "operator", "derivable"]).ok.mean().items()}}), flush=True)
+    if args.save:
+        save_checkpoint(model.cpu(), tokenizer, args.save)
 
 
 if __name__ == "__main__":
