@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.routing_diagnostic import queried_variable, rule_antecedents
+from benchmarks.routing_diagnostic import ancestor_path
 from modules.data.logic.dataset import generate_splits
 from modules.engine.probes import probe_grid
 from modules.models.logic_model import load_checkpoint
@@ -24,16 +24,12 @@ from modules.training.sequences import encode
 
 
 def labels(prompts: list[str], chains: list[str]) -> dict[str, torch.Tensor]:
-    def up(prompt: str, links: int) -> int:
-        antecedents, variable = rule_antecedents(prompt), queried_variable(prompt)
-        for _ in range(links):
-            variable = antecedents[variable][0]
-        return ord(variable) - ord("A")
-
-    out = {"link1": torch.tensor([up(p, 1) for p in prompts]),
+    paths = [ancestor_path(prompt).split() for prompt in prompts]  # first-written antecedents, query upwards
+    letter = lambda variable: ord(variable) - ord("A")  # noqa: E731
+    out = {"link1": torch.tensor([letter(path[0]) for path in paths]),
            "chain": torch.tensor([chain == "linear" for chain in chains]).long()}
-    if all(len(rule_antecedents(p).get(rule_antecedents(p)[queried_variable(p)][0], [])) for p in prompts):
-        out["link2"] = torch.tensor([up(p, 2) for p in prompts])
+    if all(len(path) >= 2 for path in paths):
+        out["link2"] = torch.tensor([letter(path[1]) for path in paths])
     return out
 
 

@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--stop-at-perfect", action="store_true")
     parser.add_argument("--save", metavar="DIR", help="write the final model and tokenizer there (a standard HF "
-                        "directory the analysis stages load)")
+                        "directory, which init_from and chain_probe.py load)")
     args = parser.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
