@@ -181,9 +181,9 @@ def main() -> None:
         model = load_checkpoint(cfg["init_from"])[0]
         if model.config.n_layer < cfg["n_layer"]:  # grow a shallower model (its lookups sit low) to n_layer
             model = grown(model, cfg["n_layer"], cfg["seed"])
-        model = model.to(device)
     else:
-        model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"]).to(device)
+        model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"])
+    model = model.to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
