@@ -11,7 +11,8 @@ run prints median wall times, ratios, and the engine against the FLOP floor:
 
 Run: ``python -m benchmarks.bench_patching`` (CPU, float32: the 3-layer and GPT-2-small shapes);
 ``--shapes mistral-7b --device cuda --dtype bfloat16`` on a GPU. ``--write-docs`` puts the
-measured tables into docs/engine.md; ``--out`` writes them as JSON.
+measured tables into docs/engine.md; ``--out`` writes them as JSON, and ``--from-json`` puts such
+a file's tables into docs/engine.md (a run recorded on another host).
 """
 from __future__ import annotations
 
@@ -279,7 +280,13 @@ def main(argv=None) -> int:
                         help="max abs diff allowed between tools (default 1e-5 in float32, 0.1 otherwise)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--write-docs", action="store_true", help="put the tables into docs/engine.md")
+    parser.add_argument("--from-json", type=Path, metavar="JSON", help="measure nothing: put the tables of a "
+                        "recorded run (an --out file, e.g. from a GPU host) into docs/engine.md")
     args = parser.parse_args(argv)
+    if args.from_json:
+        recorded = json.loads(args.from_json.read_text())
+        write_docs({res["shape"]: shape_markdown(res, recorded["meta"]) for res in recorded["results"]})
+        return 0
     shapes, sweeps, tools = (s.split(",") for s in (args.shapes, args.sweeps, args.tools))
     choices = ((shapes, SHAPES, "shape"), (sweeps, ("resid", "head"), "sweep"), (tools, TOOLS, "tool"))
     for value, allowed, what in choices:

@@ -24,6 +24,7 @@ import torch
 from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
+from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import teacher_forced_exact_match
@@ -33,18 +34,32 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
-                multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None)
+                multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None,
+                trace_marker=False)
 
 
-def teacher_forced(model, data, batch_size=2000):
-    """Exact match (greedy decoding's, in one pass) and first-answer-token accuracy."""
-    exact, first = [], []
+def exact_per_problem(model, data, first_token_only: bool = False, batch_size: int = 2000) -> torch.Tensor:
+    """Whether greedy decoding gives each sequence's answer (teacher-forced, in one pass), or only its
+    first token."""
+    chunks = []
     for start in range(0, len(data), batch_size):
         ids, prompt_lengths, lengths = (t[start:start + batch_size] for t in
                                         (data.input_ids, data.prompt_lengths, data.lengths))
-        exact.append(teacher_forced_exact_match(model, ids, prompt_lengths, lengths))
-        first.append(teacher_forced_exact_match(model, ids, prompt_lengths, prompt_lengths + 1))
-    return torch.cat(exact).float().mean().item(), torch.cat(first).float().mean().item()
+        chunks.append(teacher_forced_exact_match(model, ids, prompt_lengths,
+                                                 prompt_lengths + 1 if first_token_only else lengths))
+    return torch.cat(chunks)
+
+
+def teacher_forced(model, data):
+    """Exact match (greedy decoding's, in one pass) and first-answer-token accuracy."""
+    return (exact_per_problem(model, data).float().mean().item(),
+            exact_per_problem(model, data, first_token_only=True).float().mean().item())
+
+
+def breakdown(frame) -> dict[str, float]:
+    """Exact match per query chain x operator x derivable group."""
+    return {f"{k[0]}/{k[1]}/{k[2]}": round(v, 3)
+            for k, v in frame.groupby(["query_chain", "operator", "derivable"]).ok.mean().items()}
 
 
 def grown(model, n_layer: int, seed: int):
@@ -72,6 +87,14 @@ def with_earlier_queries(prompt: str, rng: random.Random, most: int) -> str:
         first = solve_compact(f"{head} query {variable} answer").split()[0]
         blocks.append(f"query {variable} answer {first}")
     return " ".join([head, *blocks, f"query {query} answer"])
+
+
+def marked(prompt: str) -> str:
+    """A trace prompt for a problem of the task's own depth: `query W answer` becomes `answer W answer`,
+    which ``end_at_query`` shapes into `... answer W`, so only the marker before the query variable
+    tells a trace from the task."""
+    head, query = prompt.removesuffix(" answer").rsplit(" query ", 1)
+    return f"{head} answer {query} answer"
 
 
 def trace_set(seed: int, n: int, depth: int, every: int):
@@ -113,6 +136,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--stop-at-perfect", action="store_true")
+    parser.add_argument("--test", type=int, default=0, metavar="N", help="at the end, exact match on N fresh "
+                        "problems (none in the training or validation data) with its 95%% Wilson CI; with "
+                        "--steps 0 and init_from, of a saved model")
     parser.add_argument("--save", metavar="DIR", help="write the final model and tokenizer there (a standard HF "
                         "directory, which init_from and chain_probe.py load)")
     args = parser.parse_args()
@@ -120,6 +146,8 @@ def main() -> None:
         print(summarize(args.summarize))
         return
     cfg = {**DEFAULTS, **json.loads(args.config)}
+    if args.steps < 0 or (args.steps == 0 and not cfg["init_from"]):
+        parser.error("--steps must be positive, or 0 to evaluate a saved model (init_from)")
     if cfg["multi_query"] and cfg["prompt_loss_weight"]:  # the prompt loss would teach `first-token query ...`
         parser.error("multi_query and prompt_loss_weight do not combine: the prompt loss would train every "
                      "inner answer to stop after its first token")
@@ -140,13 +168,21 @@ def main() -> None:
         prompts += list(extra.prompt)
         answers += list(extra.answer)
     if cfg["trace_depth"] == cfg["depth"]:  # the trace prompt would be the task prompt with another answer
-        parser.error("trace_depth must differ from depth: its prompts must not look like the task's")
+        parser.error("trace_depth must differ from depth: its prompts must not look like the task's "
+                     "(trace_marker gives same-depth traces their own prompt)")
+    if cfg["trace_marker"] and not (cfg["backward_aux"] and cfg["end_at_query"] and not cfg["trace_depth"]):
+        parser.error("trace_marker needs backward_aux and end_at_query, and no trace_depth: it marks traces "
+                     "of the task's own depth")
     held_out = {}  # name -> held-out (prompt, trace) pairs, prompts shaped like the task's below
     if cfg["backward_aux"]:  # extra sequences -> the query's backward trace (trace_every 2: every second ancestor)
         n = int(len(splits["train"]) * cfg["backward_aux"])
         if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
             aux_prompts, aux_answers, held_out["trace"] = trace_set(cfg["data_seed"] + 7, n, cfg["trace_depth"],
                                                                     cfg["trace_every"])
+        elif cfg["trace_marker"]:  # the task's depth, `... answer W` (the task's prompts end `... query W`)
+            aux_prompts, aux_answers, pairs = trace_set(cfg["data_seed"] + 7, n, cfg["depth"], cfg["trace_every"])
+            aux_prompts = [marked(p) for p in aux_prompts]
+            held_out["trace"] = [(marked(p), t) for p, t in pairs]
         else:  # the task's own problems, prompts `... query W >`
             aux = list(splits["train"].prompt[:n])
             aux_prompts = [p.removesuffix(" answer") + " >" for p in aux]
@@ -189,10 +225,11 @@ def main() -> None:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg["lr"], betas=(0.9, cfg["beta2"]))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=args.steps,
-                                                   pct_start=cfg["warmup_frac"], anneal_strategy="cos",
-                                                   cycle_momentum=False)
-    stream = BatchStream(train, cfg["batch_size"], cfg["seed"], args.steps)
+    if args.steps:  # --steps 0 only evaluates (init_from)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=args.steps,
+                                                       pct_start=cfg["warmup_frac"], anneal_strategy="cos",
+                                                       cycle_momentum=False)
+        stream = BatchStream(train, cfg["batch_size"], cfg["seed"], args.steps)
     inner_answer_id = tokenizer.convert_tokens_to_ids("answer") if cfg["multi_query"] else None
     start, train_time = time.perf_counter(), 0.0
     for step in range(1, args.steps + 1):
@@ -223,11 +260,18 @@ def main() -> None:
             if args.stop_at_perfect and exact == 1.0:
                 break
     model.eval()
-    ok = teacher_forced_exact_match(model, val.input_ids, val.prompt_lengths, val.lengths).cpu().numpy()
-    frame = splits["val"].assign(ok=ok)
-    print(json.dumps({"config": json.loads(args.config), "breakdown": {
-        f"{k[0]}/{k[1]}/{k[2]}": round(v, 3)
-        for k, v in frame.groupby(["query_chain", "operator", "derivable"]).ok.mean().items()}}), flush=True)
+    frame = splits["val"].assign(ok=exact_per_problem(model, val).cpu().numpy())
+    print(json.dumps({"config": json.loads(args.config), "breakdown": breakdown(frame)}), flush=True)
+    if args.test:  # fresh problems, none of them in the training or validation data
+        used = set(prompts) | set(splits["val"].prompt)
+        fresh = generate_splits(cfg["data_seed"] + 99, {"test": 2 * args.test}, depth=cfg["depth"])["test"]
+        fresh = fresh[~fresh.prompt.isin(used)].head(args.test)
+        test = to_device(encode(tokenizer, [shaped(p) for p in fresh.prompt], list(fresh.answer)))
+        frame = fresh.assign(ok=exact_per_problem(model, test).cpu().numpy())
+        ci = wilson_ci(int(frame.ok.sum()), len(frame))
+        print(json.dumps({"config": json.loads(args.config), "test_exact": float(ci.mean), "n_test": len(frame),
+                          "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
+                          "breakdown": breakdown(frame)}), flush=True)
     if args.save:
         save_checkpoint(model.cpu(), tokenizer, args.save)
 

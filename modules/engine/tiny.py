@@ -5,6 +5,8 @@ config and a seed, and the tokenizer is a plain ``WordLevel`` vocabulary ``w0 ..
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig,
@@ -17,10 +19,18 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """Whitespace tokenizer over ``w0 .. w{vocab_size-2}`` plus ``<eos>`` (the last id, also pad)."""
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-    vocab = {f"w{i}": i for i in range(vocab_size - 1)}
-    vocab["<eos>"] = vocab_size - 1
+    return vocabulary_tokenizer([f"w{i}" for i in range(vocab_size - 1)])
+
+
+def vocabulary_tokenizer(words: Sequence[str], split_punctuation: bool = False) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``words`` (ids in that order) plus ``<eos>`` (the last id; also
+    bos, pad and unknown). ``split_punctuation`` makes every punctuation mark its own token, so
+    natural-language prompts tokenize without a pretrained vocabulary."""
+    vocab = {word: i for i, word in enumerate(dict.fromkeys(words))}
+    vocab["<eos>"] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+                          if split_punctuation else pre_tokenizers.WhitespaceSplit())
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", bos_token="<eos>",
                                    pad_token="<eos>", unk_token="<eos>")
 

@@ -8,10 +8,9 @@ head patching must single it out, through its values and not its queries or keys
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from modules.engine.tiny import tiny_model
+from modules.engine.tiny import tiny_model, vocabulary_tokenizer
 
 LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
 WORDS = ["Rules", "Facts", "Question", "Answer", "state", "the", "truth", "value", "of", "implies", "or", "and",
@@ -21,12 +20,7 @@ PLANTED_LAYER, PLANTED_HEAD = 0, 2
 
 def nl_tokenizer() -> PreTrainedTokenizerFast:
     """Letters, the template's words and punctuation, one token each; <eos> is the last id."""
-    vocab = {token: i for i, token in enumerate(LETTERS + WORDS)}
-    vocab["<eos>"] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", bos_token="<eos>", pad_token="<eos>",
-                                   unk_token="<eos>")
+    return vocabulary_tokenizer(LETTERS + WORDS, split_punctuation=True)
 
 
 def planted_mistral(query_offset: int, seed: int = 0, strength: float = 12.0):

@@ -54,3 +54,15 @@ def test_benchmark_rejects_bad_arguments():
         bench_patching.main(["--shapes", "gpt5"])
     with pytest.raises(SystemExit):
         bench_patching.main(["--tools", "naive"])
+
+
+def test_recorded_run_goes_into_the_docs_unchanged(tmp_path, monkeypatch):
+    out, docs = tmp_path / "bench.json", tmp_path / "engine.md"
+    docs.write_text(f"{bench_patching.BEGIN}\n{bench_patching.END}\n")
+    monkeypatch.setattr(bench_patching, "DOCS", docs)
+    assert bench_patching.main(["--shapes", "tiny-gpt2", "--tools", "engine,naive", "--repeats", "1",
+                                "--out", str(out)]) == 0
+    assert docs.read_text() == f"{bench_patching.BEGIN}\n{bench_patching.END}\n"  # measuring alone writes no docs
+    assert bench_patching.main(["--from-json", str(out)]) == 0
+    recorded = json.loads(out.read_text())
+    assert bench_patching.shape_markdown(recorded["results"][0], recorded["meta"]) in docs.read_text()
