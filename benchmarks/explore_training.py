@@ -24,6 +24,7 @@ import torch
 from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
+from modules.engine.adapters import ModelLoadError
 from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
@@ -214,7 +215,10 @@ def main() -> None:
                   for name, pairs in held_out.items()}
     seen = to_device(type(train)(*(t[:2000] for t in (train.input_ids, train.prompt_lengths, train.lengths))))
     if cfg["init_from"]:  # warm start (a curriculum): a model saved by an earlier run's --save
-        model = load_checkpoint(cfg["init_from"])[0]
+        try:
+            model = load_checkpoint(cfg["init_from"])[0]
+        except ModelLoadError as error:
+            parser.error(f"init_from: {error}")
         if model.config.n_layer < cfg["n_layer"]:  # grow a shallower model (its lookups sit low) to n_layer
             model = grown(model, cfg["n_layer"], cfg["seed"])
     else:
