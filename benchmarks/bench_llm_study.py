@@ -28,9 +28,6 @@ from modules.analysis.logic_llm import HEAD_SITES, StudyConfig, run_study
 from modules.data.logic.dataset import generate_flip_pairs
 from modules.engine.tiny import vocabulary_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def prompt_tokenizer(pairs):
     """Every word and punctuation mark of the pairs' prompts and answers, one token each."""
     text = " ".join(pairs[c].str.cat(sep=" ") for c in pairs.columns if c.startswith(("nl_prompt", "nl_answer")))
@@ -41,7 +38,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="mistral-7b", choices=sorted(SHAPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--pairs", type=int, default=16, help="query-flip pairs measured (both directions each)")
     parser.add_argument("--full-pairs", type=int, default=300, help="pairs of the study whose time is projected")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -61,7 +58,7 @@ def main(argv=None) -> None:
         shape["vocab_size"] = len(tokenizer)
     device = torch.device(args.device)
     tic = time.perf_counter()
-    model = build_model(shape, args.device, DTYPES[args.dtype])
+    model = build_model(shape, args.device, getattr(torch, args.dtype))
     build_s = time.perf_counter() - tic
     if len(tokenizer) > model.config.vocab_size:
         parser.error(f"the prompts need {len(tokenizer)} tokens; the model has {model.config.vocab_size}")

@@ -19,7 +19,7 @@ import torch
 from modules.analysis.logic_circuit import (CircuitConfig, cached_residuals, encode_prompts, run_circuit_study,
                                             write_circuit)
 from modules.data.logic.dataset import generate_flip_pairs, generate_splits
-from modules.engine import capture
+from modules.engine import capture_positions
 from modules.io import atomic_dir
 from modules.models.logic_model import load_checkpoint
 
@@ -56,15 +56,7 @@ def main(argv=None) -> None:
     positions = [-2, -1] if args.end_at_query else [-3, -2, -1]
     ids = encode_prompts(test.prompt.tolist(), tokenizer)
     sites = [f"resid_post.{layer}" for layer in range(model.config.n_layer)]
-    chunks: dict[str, list[torch.Tensor]] = {}
-    with torch.inference_mode():
-        for start in range(0, len(ids), 500):
-            with capture(model, sites) as acts:
-                model(ids[start:start + 500])
-            for key in sites:
-                chunks.setdefault(key, []).append(acts[key][:, positions])
-    residuals = cached_residuals({key: torch.cat(parts) for key, parts in chunks.items()}, positions, ids[0],
-                                 tokenizer)
+    residuals = cached_residuals(capture_positions(model, ids, sites, positions), positions, ids[0], tokenizer)
     config = CircuitConfig(n_problems=args.n_test)
     result = run_circuit_study(model, tokenizer, test, pairs, residuals, range(len(test)), config,
                                progress=lambda message: print(message, flush=True))

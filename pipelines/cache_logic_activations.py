@@ -6,7 +6,7 @@ import mlflow
 import torch
 
 from modules.data.logic import read_split
-from modules.engine import capture
+from modules.engine import capture_positions
 from modules.engine.activation_cache import save_activations
 from modules.models.logic_model import load_checkpoint
 from modules.tracking.mlflow_tracking import data_hash, tracked_run
@@ -29,14 +29,7 @@ def main() -> None:
         ids = prompts.input_ids[:, : int(prompts.prompt_lengths[0])]
         sites = [f"{kind}.{layer}" for kind in config["sites"] for layer in range(model.config.n_layer)]
         positions = list(config["positions"])
-        chunks: dict[str, list[torch.Tensor]] = {}
-        with torch.inference_mode():
-            for start in range(0, len(ids), config["batch_size"]):
-                with capture(model, sites) as acts:
-                    model(ids[start:start + config["batch_size"]])
-                for key in sites:
-                    chunks.setdefault(key, []).append(acts[key][:, positions])
-        tensors = {key: torch.cat(parts) for key, parts in chunks.items()}
+        tensors = capture_positions(model, ids, sites, positions, config["batch_size"])
         tensors["example_index"] = torch.arange(len(frame))
         out = Path(args.out) / "activations" / f"seed{args.seed}"
         save_activations(out, tensors, model=str(model_dir), tokenizer=str(model_dir),

@@ -7,7 +7,7 @@ import importlib
 
 _EXPORTS = {
     "adapters": ("Adapter", "EngineError", "ModelLoadError", "get_adapter", "load_model"),
-    "hooks": ("Activations", "Site", "SITE_KINDS", "capture", "intervene", "patch"),
+    "hooks": ("Activations", "Site", "SITE_KINDS", "capture", "capture_positions", "intervene", "patch"),
     "interventions": ("ablate", "knockout", "steer"),
     "patching": ("Cell", "patch_attn_out_sweep", "patch_cells", "patch_head_by_pos_sweep", "patch_head_sweep",
                  "patch_mlp_out_sweep", "patch_resid_sweep", "patch_sweep", "sweep_grid"),

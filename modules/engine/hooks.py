@@ -17,7 +17,7 @@ import inspect
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -350,6 +350,21 @@ def capture(model, sites: Iterable[Site | str], detach: bool = True) -> Iterator
 
     with intervene(model, {site: recorder(site) for site in sites}):
         yield store
+
+
+def capture_positions(model, ids: Tensor, sites: Iterable[Site | str], positions: Sequence[int],
+                      batch_size: int = 500) -> dict[str, Tensor]:
+    """``{"kind.layer": [n, len(positions), ...]}``: the sites' activations at ``positions`` of each
+    row of ``ids`` ``[n, seq]``, in batches of ``batch_size`` rows (no gradients)."""
+    sites, positions = list(sites), list(positions)
+    chunks: dict[str, list[Tensor]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            with capture(model, sites) as acts:
+                model(ids[start:start + batch_size])
+            for key, value in acts.items():
+                chunks.setdefault(key, []).append(value[:, positions])
+    return {key: torch.cat(parts) for key, parts in chunks.items()}
 
 
 @contextmanager

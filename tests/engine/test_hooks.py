@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from modules.engine.adapters import EngineError
-from modules.engine.hooks import SITE_KINDS, Site, capture, intervene, patch
+from modules.engine.hooks import SITE_KINDS, Site, capture, capture_positions, intervene, patch
 from tests.engine.conftest import ARCHS, random_ids
 from tests.engine.reference import reference_logits, set_at
 
@@ -98,6 +98,18 @@ def test_capture_selects_positions_and_heads(tiny_model):
     assert acts["k.2"].shape == (2, 8, 2, 8)
     with pytest.raises(KeyError, match="was not captured"):
         acts["v.2"]
+
+
+def test_capture_positions_batches_rows_and_keeps_only_the_positions(tiny_model):
+    model, _ = tiny_model("gpt2")
+    ids = random_ids(5, 8)
+    with capture(model, ["resid_post.0", "resid_post.1"]) as full:
+        model(ids)
+    acts = capture_positions(model, ids, ["resid_post.0", "resid_post.1"], [-2, -1], batch_size=2)
+    assert set(acts) == {"resid_post.0", "resid_post.1"}
+    for key, value in acts.items():
+        assert value.shape == (5, 2, full[key].shape[-1])
+        assert torch.allclose(value, full[key][:, [6, 7]], atol=1e-6)
 
 
 def test_intervene_edits_compose_and_are_removed_on_exit(tiny_model):
