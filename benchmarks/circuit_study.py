@@ -44,8 +44,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_checkpoint(args.model)
     trained = generate_splits(args.data_seed, {"train": args.train_size, "val": 2000}, depth=args.depth)
     seen = set(trained["train"].prompt) | set(trained["val"].prompt)
-    test = generate_splits(args.data_seed + 99, {"test": 2 * args.n_test}, depth=args.depth)["test"]
-    test = test[~test.prompt.isin(seen)].head(args.n_test).reset_index(drop=True)
+    test = generate_splits(args.data_seed + 99, {"test": args.n_test}, depth=args.depth, exclude=seen)["test"]
     test = test.assign(prompt=test.prompt.map(shaped))
     pairs = generate_flip_pairs(args.data_seed + 1, args.n_pairs, depth=args.depth, k=0, exclude=seen)
     for column in ("prompt_logop", "prompt_linear"):

@@ -267,9 +267,8 @@ def main() -> None:
     frame = splits["val"].assign(ok=exact_per_problem(model, val).cpu().numpy())
     print(json.dumps({"config": json.loads(args.config), "breakdown": breakdown(frame)}), flush=True)
     if args.test:  # fresh problems, none of them in the training or validation data
-        used = set(prompts) | set(splits["val"].prompt)
-        fresh = generate_splits(cfg["data_seed"] + 99, {"test": 2 * args.test}, depth=cfg["depth"])["test"]
-        fresh = fresh[~fresh.prompt.isin(used)].head(args.test)
+        fresh = generate_splits(cfg["data_seed"] + 99, {"test": args.test}, depth=cfg["depth"],
+                                exclude=set(prompts) | set(splits["val"].prompt))["test"]
         test = to_device(encode(tokenizer, [shaped(p) for p in fresh.prompt], list(fresh.answer)))
         frame = fresh.assign(ok=exact_per_problem(model, test).cpu().numpy())
         ci = wilson_ci(int(frame.ok.sum()), len(frame))

@@ -46,6 +46,13 @@ def test_no_duplicates_within_or_across_splits(frames):
     assert pd.concat([f.id for f in frames.values()]).is_unique
 
 
+def test_excluded_prompts_are_redrawn(frames):
+    exclude = set(frames["test"].prompt[:5])
+    again = generate_splits(11, {"test": SIZES["test"]}, depth=3, exclude=exclude)["test"]
+    assert again.prompt.is_unique and not again.prompt.isin(exclude).any()
+    assert len(again) == SIZES["test"] and set(frames["test"].prompt[5:]) <= set(again.prompt)
+
+
 def test_held_out_splits_stable_when_train_grows(frames):
     bigger = generate_splits(11, {**SIZES, "train": 900}, depth=3)
     for split in ("val", "test"):

@@ -67,18 +67,19 @@ def _check_sizes(sizes: dict[str, int]) -> None:
 
 
 def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_share: float = 0.8,
-                    operators: Sequence[str] = OPERATORS) -> dict[str, pd.DataFrame]:
+                    operators: Sequence[str] = OPERATORS, exclude: Iterable[str] = ()) -> dict[str, pd.DataFrame]:
     """Disjoint splits of distinct problems (distinct by compact prompt).
 
     Each split draws from its own seeded stream. Splits are filled smallest
     first, and a problem already taken is redrawn, so held-out splits do not
-    change when a larger training split is resized.
+    change when a larger training split is resized. Prompts in ``exclude``
+    (e.g. another dataset's training split) count as taken.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     check_params(depth, logop_share, operators)
     _check_sizes(sizes)
-    taken: set[str] = set()
+    taken = set(exclude)
     frames = {}
     for split in sorted(sizes, key=lambda s: (sizes[s], s)):
         rng, rows, attempts = _rng(seed, split), [], 0
