@@ -4,13 +4,13 @@ from pathlib import Path
 
 import mlflow
 
-from modules.data.logic import read_split
+from modules.data.logic import end_compact_prompt, read_split
 from modules.io import atomic_write_text, write_json
 from modules.models.logic_model import load_checkpoint
 from modules.tracking.mlflow_tracking import log_table, tracked_run
 from modules.training.evaluate import accuracy_row, breakdown, exact_matches
 from modules.training.plots import breakdown_figure
-from pipelines._stage import LOGIC_STUDY, run, seed_stage_args
+from pipelines._stage import LOGIC_STUDY, params, run, seed_stage_args
 
 
 def main() -> None:
@@ -18,12 +18,15 @@ def main() -> None:
     out = Path(args.out)
     model_dir = out / "models" / f"seed{args.seed}"
     sets = {"test": Path(args.data) / "test.parquet", "benchmark": Path(args.benchmark)}
-    with tracked_run(LOGIC_STUDY, f"evaluate-seed{args.seed}", {"seed": args.seed, "model": str(model_dir)},
+    prompt_end = params("logic", "data", "prompt_end")  # the frozen benchmark's prompts end with `answer`
+    with tracked_run(LOGIC_STUDY, f"evaluate-seed{args.seed}", {"seed": args.seed, "model": str(model_dir),
+                                                                "prompt_end": prompt_end},
                      data_paths=list(sets.values())):
         model, tokenizer = load_checkpoint(model_dir)
         metrics, tables = {"seed": args.seed}, []
         for name, path in sets.items():
             frame = read_split(path)
+            frame["prompt"] = [end_compact_prompt(p, prompt_end) for p in frame["prompt"]]
             correct = exact_matches(model, tokenizer, frame)
             metrics[name] = accuracy_row(correct)
             table = breakdown(frame, correct).assign(dataset=name)

@@ -1,8 +1,10 @@
-"""Stage: generate the train/val/test splits of propositional-logic problems."""
+"""Stage: generate the train/val/test splits of propositional-logic problems, and the trace
+sequences that the routing recipe trains on beside them (when logic.data.traces.size > 0)."""
 import argparse
 import time
+from pathlib import Path
 
-from modules.data.logic import generate_splits, write_splits
+from modules.data.logic import generate_splits, generate_traces, write_splits, write_traces
 from modules.io import atomic_dir
 from modules.tracking.mlflow_tracking import data_hash, tracked_run
 from pipelines._stage import LOGIC_STUDY, params, run
@@ -13,18 +15,29 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/logic/data")
     args = parser.parse_args()
     config = params("logic", "data")
+    traces = config["traces"]
     with tracked_run(LOGIC_STUDY, "generate", config):
         import mlflow
 
         start = time.perf_counter()
         try:
             frames = generate_splits(config["seed"], dict(config["sizes"]), config["depth"],
-                                     config["logop_share"], config["operators"])
+                                     config["logop_share"], config["operators"], prompt_end=config["prompt_end"])
         except ValueError as error:  # the data module names the key; say where it lives
             raise ValueError(f"params.yaml logic.data.{error}") from None
+        try:
+            if traces["depth"] == config["depth"]:
+                raise ValueError(f"depth must differ from logic.data.depth ({config['depth']}): a trace prompt "
+                                 "would read as a task prompt")
+            trace_frame = generate_traces(traces["seed"], traces["size"], traces["depth"], config["logop_share"],
+                                          config["operators"], config["prompt_end"])
+        except ValueError as error:
+            raise ValueError(f"params.yaml logic.data.traces.{error}") from None
         with atomic_dir(args.out) as tmp:
             write_splits(frames, tmp)
-        mlflow.log_metrics({"generate_s": time.perf_counter() - start,
+            if len(trace_frame):
+                write_traces(trace_frame, Path(tmp) / "traces.parquet")
+        mlflow.log_metrics({"generate_s": time.perf_counter() - start, "rows_traces": len(trace_frame),
                             **{f"rows_{split}": len(frame) for split, frame in frames.items()}})
         mlflow.log_param("data_hash.splits", data_hash([args.out]))
 

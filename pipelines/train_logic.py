@@ -4,7 +4,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from modules.data.logic import read_split
+from modules.data.logic import read_split, read_training_rows, training_files
 from modules.io import atomic_write_text, write_json
 from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
 from modules.training.plots import curve_figure
@@ -18,10 +18,10 @@ def main() -> None:
     settings.pop("seeds")
     config = TrainConfig.from_params(settings)
     data, out = Path(args.data), Path(args.out)
-    train_path, val_path = data / "train.parquet", data / "val.parquet"
+    val_path = data / "val.parquet"
     with tracked_run(LOGIC_STUDY, f"train-seed{args.seed}", {**config.as_dict(), "seed": args.seed},
-                     data_paths=[train_path, val_path]) as active:
-        result = train_logic_model(read_split(train_path), read_split(val_path), config, args.seed,
+                     data_paths=[*training_files(data), val_path]) as active:
+        result = train_logic_model(read_training_rows(data), read_split(val_path), config, args.seed,
                                    ckpt_dir=out / "checkpoints" / f"seed{args.seed}",
                                    loggers=[lightning_logger(active)])
         summary = {"seed": args.seed, "steps": result.steps, "wall_s": result.wall_s,

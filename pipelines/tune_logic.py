@@ -4,7 +4,7 @@ from pathlib import Path
 
 import mlflow
 
-from modules.data.logic import read_split
+from modules.data.logic import read_split, read_training_rows, training_files
 from modules.io import write_yaml
 from modules.tracking.mlflow_tracking import tracked_run
 from modules.training.train import TrainConfig
@@ -22,8 +22,8 @@ def main() -> None:
     settings.pop("seeds")
     base = TrainConfig.from_params(settings)
     data = Path(args.data)
-    with tracked_run(LOGIC_STUDY, "tune", tune, data_paths=[data / "train.parquet", data / "val.parquet"]):
-        study = run_study(read_split(data / "train.parquet"), read_split(data / "val.parquet"), base,
+    with tracked_run(LOGIC_STUDY, "tune", tune, data_paths=[*training_files(data), data / "val.parquet"]):
+        study = run_study(read_training_rows(data), read_split(data / "val.parquet"), base,
                           tune["space"], n_trials=tune["n_trials"], timeout_s=tune["timeout_s"],
                           storage=tune["storage"], study_name=tune["study_name"], seed=tune["seed"],
                           trial_max_steps=tune["trial_max_steps"], mlflow_study=LOGIC_STUDY)

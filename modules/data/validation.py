@@ -39,6 +39,10 @@ COLUMNS: dict[str, str] = {
 OPERATORS = ("and", "or")
 QUERY_CHAINS = ("logop", "linear")
 UNDETERMINED = "undetermined"  # the compact answer when the query cannot be proved
+PROMPT_ENDS = ("answer", "query")
+TRACE_COLUMNS: dict[str, str] = {"id": "str", "depth": "int64", "operator": "str", "query_chain": "str",
+                                 "query_var": "str", "prompt": "str", "answer": "str"}
+TRACES = "traces"
 CROSS_IDS, CROSS_PROMPTS = "all_splits_ids", "all_splits_prompts"
 MAX_EXAMPLES = 5  # unexpected values kept per expectation in the summary
 EXPECTED_KWARGS = ("type_", "value_set", "min_value", "max_value", "column_list")
@@ -54,6 +58,8 @@ class ValidationParams:
     operators: tuple[str, ...]    # operators in use, expected in equal shares
     depths: tuple[int, ...]       # depths in use, expected in equal shares
     tolerance: float = 0.05       # allowed absolute deviation of every share
+    prompt_end: str = "answer"    # compact prompts end with `answer`, or at the query variable ("query")
+    trace_depth: int | None = None  # the depth of the trace sequences, when there are any
 
     def __post_init__(self):
         if not _is_number(self.logop_share) or not 0.0 <= self.logop_share <= 1.0:
@@ -66,17 +72,25 @@ class ValidationParams:
         if not self.depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
                                   for d in self.depths):
             raise ValueError(f"depth must be a positive int or a list of them, got {list(self.depths)}")
+        if self.prompt_end not in PROMPT_ENDS:
+            raise ValueError(f"prompt_end must be one of {list(PROMPT_ENDS)}, got {self.prompt_end!r}")
+        if self.trace_depth is not None and (isinstance(self.trace_depth, bool) or not isinstance(
+                self.trace_depth, int) or self.trace_depth in self.depths):
+            raise ValueError(f"trace_depth must be an int other than the task's depth {list(self.depths)}, "
+                             f"got {self.trace_depth!r}")
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> "ValidationParams":
-        """From {logop_share, operators, depth, tolerance?}; depth is an int or a list."""
+        """From {logop_share, operators, depth, tolerance?, prompt_end?, trace_depth?}; depth is an
+        int or a list."""
+        optional = {"tolerance", "prompt_end", "trace_depth"}
         missing = {"logop_share", "operators", "depth"} - set(params)
-        unknown = set(params) - {"logop_share", "operators", "depth", "tolerance"}
+        unknown = set(params) - {"logop_share", "operators", "depth", *optional}
         if missing or unknown:
             raise ValueError(f"params must have keys logop_share, operators, depth and optionally "
-                             f"tolerance; missing {sorted(missing)}, unknown {sorted(unknown)}")
+                             f"{', '.join(sorted(optional))}; missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(params["logop_share"], _distinct(params["operators"]), _distinct(params["depth"]),
-                   params.get("tolerance", 0.05))
+                   params.get("tolerance", 0.05), params.get("prompt_end", "answer"), params.get("trace_depth"))
 
 
 def _is_number(value: Any) -> bool:
@@ -167,6 +181,9 @@ def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expecta
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="derivable", column_B="solver_derivable",
             notes="derivable must agree with whether the solver proves the query"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="prompt_end_ok", value_set=[True],
+            notes=f"every compact prompt ends {_END_NOTES[params.prompt_end]}"),
     ]
     for op in params.operators:
         checks.append(gxe.ExpectColumnMeanToBeBetween(
@@ -189,8 +206,17 @@ def cross_split_expectations() -> dict[str, list[gxe.Expectation]]:
     }
 
 
+_END_NOTES = {"answer": "with `query Q answer`", "query": "at the query variable: `query Q`"}
+
+
+def _ends_as(prompt: object, end: str) -> bool:
+    tokens = prompt.split() if isinstance(prompt, str) else []
+    tail = tokens[-3:] if end == "answer" else tokens[-2:] + ["answer"]
+    return len(tail) == 3 and tail[0] == "query" and len(tail[1]) == 1 and tail[1].isupper() and tail[2] == "answer"
+
+
 def check_columns(params: ValidationParams) -> list[str]:
-    return ["solver_answer", "solver_derivable", "is_logop_query",
+    return ["solver_answer", "solver_derivable", "prompt_end_ok", "is_logop_query",
             *(f"is_op_{op}" for op in params.operators), *(f"is_depth_{d}" for d in params.depths)]
 
 
@@ -205,6 +231,7 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     solved = {p: _solve(p) for p in prompts.dropna().unique()}
     out["solver_answer"] = prompts.map({p: a for p, (a, _) in solved.items()}).astype(object)
     out["solver_derivable"] = prompts.map({p: d for p, (_, d) in solved.items()}).astype(object)
+    out["prompt_end_ok"] = prompts.map(lambda p: _ends_as(p, params.prompt_end))
 
     def indicator(column: str, value: Any) -> pd.Series:
         if column not in frame:
@@ -219,15 +246,46 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     return out
 
 
-def _solve(prompt: object) -> tuple[str, bool | None]:
+def trace_expectations(params: ValidationParams) -> list[gxe.Expectation]:
+    """Expectations for the trace sequences, run on the frame from `with_trace_check_columns`."""
+    checks: list[gxe.Expectation] = [gxe.ExpectTableColumnsToMatchOrderedList(
+        column_list=[*TRACE_COLUMNS, "solver_trace", "prompt_end_ok"],
+        notes="trace columns followed by the computed check columns")]
+    for column, dtype in TRACE_COLUMNS.items():
+        checks.append(gxe.ExpectColumnTypeToBe(column=column, type_=dtype))
+        checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    checks += [
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeInSet(column="depth", value_set=[params.trace_depth],
+                                        notes="one depth, not the task's: a trace prompt never reads as a task's"),
+        gxe.ExpectColumnValuesToBeInSet(column="operator", value_set=list(params.operators)),
+        gxe.ExpectColumnValuesToBeInSet(column="query_chain", value_set=list(QUERY_CHAINS)),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="answer", column_B="solver_trace",
+            notes="solver_trace: the query's antecedents breadth first, re-derived from the prompt text"),
+        gxe.ExpectColumnValuesToBeInSet(column="prompt_end_ok", value_set=[True],
+                                        notes=f"every compact prompt ends {_END_NOTES[params.prompt_end]}"),
+    ]
+    return checks
+
+
+def with_trace_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.DataFrame:
+    out = frame.copy()
+    prompts = frame["prompt"] if "prompt" in frame else pd.Series(None, index=frame.index, dtype=object)
+    out["solver_trace"] = prompts.map(lambda p: _solve(p, trace=True)[0]).astype(object)
+    out["prompt_end_ok"] = prompts.map(lambda p: _ends_as(p, params.prompt_end))
+    return out
+
+
+def _solve(prompt: object, trace: bool = False) -> tuple[str, bool | None]:
     """(solver answer, derivable); an unparseable prompt yields an answer naming the error,
     so the answer expectation fails on that row instead of the run crashing."""
-    from modules.data.logic import solve_compact
+    from modules.data.logic import solve_compact, trace_compact
 
     if not isinstance(prompt, str):
         return f"unsolvable prompt: not a string ({type(prompt).__name__})", None
     try:
-        answer = solve_compact(prompt)
+        answer = (trace_compact if trace else solve_compact)(prompt)
     except ValueError as exc:
         return f"unsolvable prompt: {exc}", None
     return answer, answer != UNDETERMINED
@@ -363,23 +421,41 @@ def _publish(batches: Mapping[str, tuple[pd.DataFrame, list[gxe.Expectation], di
     return outcomes
 
 
+def _as_params(params: Mapping[str, Any] | ValidationParams) -> ValidationParams:
+    return params if isinstance(params, ValidationParams) else ValidationParams.from_mapping(params)
+
+
 def validate_logic_splits(split_paths: Mapping[str, Path],
                           params: Mapping[str, Any] | ValidationParams,
-                          docs_dir: Path, summary_path: Path | None = None) -> ValidationReport:
+                          docs_dir: Path, summary_path: Path | None = None,
+                          split_params: Mapping[str, Mapping[str, Any] | ValidationParams] | None = None,
+                          traces: Path | None = None) -> ValidationReport:
     """Validate every split file, rebuild the Data Docs site at `docs_dir` and write a JSON
     summary (default `docs_dir/validation_summary.json`). Never raises on a data violation:
-    check `report.success` or call `raise_on_failure`."""
+    check `report.success` or call `raise_on_failure`.
+
+    ``split_params`` gives a split its own parameters (the frozen benchmark keeps its depth);
+    ``traces`` is a Parquet file of trace sequences, checked against ``params.trace_depth`` and
+    counted in the no-shared-prompt check."""
     if not split_paths:
         raise ValueError("split_paths is empty; give at least one split name -> Parquet path")
-    params = params if isinstance(params, ValidationParams) else ValidationParams.from_mapping(params)
+    params = _as_params(params)
+    if traces is not None and params.trace_depth is None:
+        raise ValueError("traces given without trace_depth in params")
+    own = {name: _as_params(p) for name, p in (split_params or {}).items()}
     docs_dir = Path(docs_dir).resolve()  # GX wants an absolute site directory
     summary_path = Path(summary_path) if summary_path else docs_dir / "validation_summary.json"
     _check_docs_dir(docs_dir)
     frames = {name: _read_split(name, path) for name, path in split_paths.items()}
 
     summary_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
-    batches = {name: (with_check_columns(frame, params), split_expectations(name, params),
-                      summary_format) for name, frame in frames.items()}
+    batches = {name: (with_check_columns(frame, own.get(name, params)),
+                      split_expectations(name, own.get(name, params)), summary_format)
+               for name, frame in frames.items()}
+    if traces is not None:
+        frames[TRACES] = _read_split(TRACES, traces)
+        batches[TRACES] = (with_trace_check_columns(frames[TRACES], params), trace_expectations(params),
+                           summary_format)
     # Cross-split failures then name the split of each offending row next to its value.
     cross_format = {**summary_format, "unexpected_index_column_names": ["split"]}
     cross = cross_split_frames(frames)

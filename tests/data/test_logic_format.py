@@ -124,12 +124,13 @@ def test_parsers_round_trip(name):
     assert parse_natural_prompt(natural_prompt(st)) == st
     assert parse_prompt(prompt) == parse_prompt(natural_prompt(st)) == st
     assert parse_compact_prompt(f"{prompt} {answer}") == st  # answer tokens after `answer` are ignored
+    assert parse_compact_prompt(compact_prompt(st, end="query")) == st  # a prompt ending at the query
     assert parse_natural_prompt(f"{natural_prompt(st)} {natural_answer(st, problem.proof())}") == st
     assert parse_answer(answer) == parse_answer(natural_answer(st, problem.proof())) == problem.proof()
 
 
 @pytest.mark.parametrize("text, match", [
-    ("rules A > B . facts A 1 query B", "missing the 'answer' token"),
+    ("rules A > B . facts A 1 query", "exactly one variable"),
     ("facts A 1 query B answer", "must start with 'rules'"),
     ("rules A > B facts A 1 query B answer", "not terminated"),
     ("rules A >> B . facts A 1 query B answer", "bad rule"),

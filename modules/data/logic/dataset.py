@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from modules.io import atomic_file
 
 from modules.data.logic.generator import QUERY_CHAINS, Problem, check_params, sample_problem
-from modules.data.logic.syntax import (OPERATORS, UNDETERMINED, compact_answer, compact_prompt,
-                                       few_shot_prompt, natural_answer, natural_prompt)
+from modules.data.logic.syntax import (OPERATORS, UNDETERMINED, check_prompt_end, compact_answer,
+                                       compact_prompt, few_shot_prompt, natural_answer, natural_prompt)
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("split", pa.string()), ("depth", pa.int64()), ("operator", pa.string()),
@@ -30,6 +30,12 @@ SCHEMA = pa.schema([
     ("prompt", pa.string()), ("answer", pa.string()), ("nl_prompt", pa.string()), ("nl_answer", pa.string()),
 ])
 COLUMNS = tuple(SCHEMA.names)
+# Trace sequences, auxiliary training data: a problem's prompt -> its query's antecedents (docs/logic_format.md)
+TRACE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("depth", pa.int64()), ("operator", pa.string()), ("query_chain", pa.string()),
+    ("query_var", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
+])
+TRACE_COLUMNS = tuple(TRACE_SCHEMA.names)
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -38,14 +44,14 @@ def _rng(seed: int, stream: str) -> random.Random:
     return random.Random(f"logic/{seed}/{stream}")
 
 
-def renderings(problem: Problem) -> dict[str, str]:
+def renderings(problem: Problem, prompt_end: str = "answer") -> dict[str, str]:
     st, proof = problem.statement(), problem.proof()
-    return {"prompt": compact_prompt(st), "answer": compact_answer(proof),
+    return {"prompt": compact_prompt(st, prompt_end), "answer": compact_answer(proof),
             "nl_prompt": natural_prompt(st), "nl_answer": natural_answer(st, proof)}
 
 
-def problem_row(problem: Problem) -> dict:
-    texts = renderings(problem)
+def problem_row(problem: Problem, prompt_end: str = "answer") -> dict:
+    texts = renderings(problem, prompt_end)
     return {
         "operator": problem.operator, "query_chain": problem.query_chain, "query_var": problem.query,
         "linear_source": problem.linear[0], "linear_value": problem.linear_value,
@@ -67,17 +73,20 @@ def _check_sizes(sizes: dict[str, int]) -> None:
 
 
 def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_share: float = 0.8,
-                    operators: Sequence[str] = OPERATORS, exclude: Iterable[str] = ()) -> dict[str, pd.DataFrame]:
+                    operators: Sequence[str] = OPERATORS, exclude: Iterable[str] = (),
+                    prompt_end: str = "answer") -> dict[str, pd.DataFrame]:
     """Disjoint splits of distinct problems (distinct by compact prompt).
 
     Each split draws from its own seeded stream. Splits are filled smallest
     first, and a problem already taken is redrawn, so held-out splits do not
     change when a larger training split is resized. Prompts in ``exclude``
-    (e.g. another dataset's training split) count as taken.
+    (e.g. another dataset's training split) count as taken. ``prompt_end``
+    "query" stops the compact prompts at the query variable (the NL ones are unchanged).
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     check_params(depth, logop_share, operators)
+    check_prompt_end(prompt_end)
     _check_sizes(sizes)
     taken = set(exclude)
     frames = {}
@@ -88,7 +97,7 @@ def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_shar
             if attempts > 20 * sizes[split] + 1000:
                 raise ValueError(f"sizes[{split!r}]={sizes[split]} is more distinct problems than "
                                  f"depth={depth}, operators={list(operators)} can supply")
-            row = problem_row(sample_problem(rng, depth, logop_share, operators))
+            row = problem_row(sample_problem(rng, depth, logop_share, operators), prompt_end)
             if row["prompt"] in taken:
                 continue
             taken.add(row["prompt"])
@@ -98,8 +107,45 @@ def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_shar
     return {split: frames[split] for split in sizes}
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pa.Table.from_pylist(rows, schema=SCHEMA).to_pandas()
+def _frame(rows: list[dict], schema: pa.Schema = SCHEMA) -> pd.DataFrame:
+    return pa.Table.from_pylist(rows, schema=schema).to_pandas()
+
+
+def generate_traces(seed: int, n: int, depth: int, logop_share: float = 0.8, operators: Sequence[str] = OPERATORS,
+                    prompt_end: str = "answer", exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """``n`` distinct problems, each answered by its query's trace (``Problem.trace``) instead of
+    its proof. Training on them teaches the rule lookups a proof's first token chains together;
+    give them a depth the task does not use, so a trace prompt never reads as a task prompt."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"size must be an int >= 0, got {n!r}")
+    check_params(depth, logop_share, operators)
+    check_prompt_end(prompt_end)
+    taken, rng, rows = set(exclude), _rng(seed, f"traces-d{depth}"), []
+    while len(rows) < n:
+        problem = sample_problem(rng, depth, logop_share, operators)
+        prompt = compact_prompt(problem.statement(), prompt_end)
+        if prompt in taken:
+            continue
+        taken.add(prompt)
+        rows.append({"id": f"trace-d{depth}-s{seed}-{len(rows):07d}", "depth": depth, "operator": problem.operator,
+                     "query_chain": problem.query_chain, "query_var": problem.query, "prompt": prompt,
+                     "answer": compact_answer(problem.trace())})
+    return _frame(rows, TRACE_SCHEMA)
+
+
+def write_traces(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write trace sequences to one Parquet file, atomically, with deterministic bytes."""
+    if tuple(frame.columns) != TRACE_COLUMNS:
+        raise ValueError(f"traces columns must be exactly {list(TRACE_COLUMNS)}, got {list(frame.columns)}")
+    table = pa.Table.from_pandas(frame, schema=TRACE_SCHEMA, preserve_index=False).replace_schema_metadata()
+    _atomic_write_parquet(table, Path(path))
+    return Path(path)
+
+
+def read_traces(path: str | os.PathLike) -> pd.DataFrame:
+    return pq.read_table(path, schema=TRACE_SCHEMA).to_pandas()
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
@@ -130,6 +176,23 @@ def read_split(path: str | os.PathLike) -> pd.DataFrame:
     return pq.read_table(path, schema=SCHEMA).to_pandas()
 
 
+TRAINING_COLUMNS = ["prompt", "answer", "query_chain"]
+
+
+def training_files(data_dir: str | os.PathLike) -> list[Path]:
+    """The files a model trains on: the train split, then the trace sequences when there are any."""
+    traces = Path(data_dir) / "traces.parquet"
+    return [Path(data_dir) / "train.parquet", *([traces] if traces.is_file() else [])]
+
+
+def read_training_rows(data_dir: str | os.PathLike) -> pd.DataFrame:
+    """The rows of ``training_files``, in order, with the columns training reads (prompt, answer,
+    query_chain)."""
+    paths = training_files(data_dir)
+    frames = [read_split(paths[0]), *(read_traces(p) for p in paths[1:])]
+    return pd.concat([f[TRAINING_COLUMNS] for f in frames], ignore_index=True)
+
+
 def few_shot_prompts(nl_prompts: Sequence[str], pool: pd.DataFrame, k: int = 4, seed: int = 0) -> list[str]:
     """For each NL problem, k solved examples drawn from `pool` (rows with
     nl_prompt / nl_answer, never the problem itself), then the problem."""
@@ -145,14 +208,15 @@ def few_shot_prompts(nl_prompts: Sequence[str], pool: pd.DataFrame, k: int = 4, 
 
 
 def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
-                        exclude: Iterable[str] = ()) -> pd.DataFrame:
+                        exclude: Iterable[str] = (), prompt_end: str = "answer") -> pd.DataFrame:
     """Query-flip counterfactual pairs: identical rules and facts, the query
     is the LogOp chain's end in one and the linear chain's end in the other.
 
     Operator OR; exactly one LogOp source and the linear source are true, so
     the first proof variable is the true LogOp source vs the linear source.
     Both NL prompts share the same k solved examples. Neither prompt of a pair
-    is in `exclude` (compact prompts, e.g. the training split).
+    is in `exclude` (compact prompts, e.g. the training split); compact prompts end as
+    ``prompt_end`` says.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -161,13 +225,14 @@ def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
+    check_prompt_end(prompt_end)
     taken = set(exclude)
     rng, rows = _rng(seed, f"flip-pairs-d{depth}"), []
     while len(rows) < n:
         a_true = rng.random() < 0.5
         base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True))
         pair = {chain: replace(base, query_chain=chain) for chain in QUERY_CHAINS}
-        texts = {chain: renderings(p) for chain, p in pair.items()}
+        texts = {chain: renderings(p, prompt_end) for chain, p in pair.items()}
         if texts["logop"]["prompt"] in taken or texts["linear"]["prompt"] in taken:
             continue
         taken.update(t["prompt"] for t in texts.values())

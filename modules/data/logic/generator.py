@@ -95,6 +95,15 @@ class Problem:
             return branch + self.tail if branch else ()
         return self.branch_a + self.branch_b + self.tail if self.value_a and self.value_b else ()
 
+    def trace(self) -> Proof:
+        """The query's antecedents, breadth first (an auxiliary training answer; whatever the
+        facts): back along the chain to the merge, then both branches level by level, the
+        first-written antecedent's first."""
+        if self.query_chain == "linear":
+            return self.linear[-2::-1]
+        branches = zip(self.branch_a[::-1], self.branch_b[::-1])
+        return self.tail[-2::-1] + tuple(v for level in branches for v in level)
+
     @property
     def source_truth(self) -> str:
         t = lambda v: "T" if v else "F"  # noqa: E731

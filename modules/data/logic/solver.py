@@ -59,6 +59,23 @@ def solve(st: Statement) -> Proof:
     return tuple(_prove(st.query, st, known, frozenset()) or ())
 
 
+def backward_trace(st: Statement) -> Proof:
+    """Every antecedent of the query, breadth first, each rule's premises as written."""
+    premises = {rule.conclusion: rule.premises for rule in st.rules}
+    queue, trace, seen = [st.query], [], {st.query}
+    while queue:
+        for premise in premises.get(queue.pop(0), ()):
+            if premise not in seen:  # cyclic rules visit a variable once
+                seen.add(premise)
+                trace.append(premise)
+                queue.append(premise)
+    return tuple(trace)
+
+
+def trace_compact(prompt: str) -> str:
+    return compact_answer(backward_trace(parse_compact_prompt(prompt)))
+
+
 def solve_compact(prompt: str) -> str:
     return compact_answer(solve(parse_compact_prompt(prompt)))
 

@@ -15,6 +15,9 @@ OPERATORS = ("and", "or")
 KEYWORDS = ("rules", "facts", "query", "answer", "or", "and", ">", ".", "1", "0", "undetermined")
 VOCAB = LETTERS + KEYWORDS  # the compact format uses exactly these tokens
 UNDETERMINED = "undetermined"
+# Where a compact prompt stops: after the `answer` keyword (the default), or at the query
+# variable itself, which then predicts the first answer token.
+PROMPT_ENDS = ("answer", "query")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,25 @@ def _rule_text(rule: Rule, implies: str) -> str:
     return f"{joiner.join(rule.premises)} {implies} {rule.conclusion}"
 
 
-def compact_prompt(st: Statement) -> str:
+def check_prompt_end(end: str) -> None:
+    if end not in PROMPT_ENDS:
+        raise ValueError(f"prompt_end must be one of {list(PROMPT_ENDS)}, got {end!r}")
+
+
+def compact_prompt(st: Statement, end: str = "answer") -> str:
+    """`rules ... facts ... query Q answer`; with ``end="query"`` the prompt stops at `Q`."""
+    check_prompt_end(end)
     rules = " ".join(f"{_rule_text(r, '>')} ." for r in st.rules)
     facts = " ".join(f"{v} {int(t)}" for v, t in st.facts)
-    return f"rules {rules} facts {facts} query {st.query} answer"
+    body = f"rules {rules} facts {facts} query {st.query}"
+    return body if end == "query" else f"{body} answer"
+
+
+def end_compact_prompt(prompt: str, end: str) -> str:
+    """A compact prompt (ending either way) made to end as ``end`` says."""
+    check_prompt_end(end)
+    body = prompt.removesuffix(" answer")
+    return body if end == "query" else f"{body} answer"
 
 
 def compact_answer(proof: Proof) -> str:
@@ -100,15 +118,15 @@ def _var(token: str, where: str) -> str:
 
 
 def parse_compact_prompt(text: str) -> Statement:
-    """Parse `rules ... facts ... query Q answer`; tokens after `answer` are ignored."""
+    """Parse `rules ... facts ... query Q answer` (tokens after `answer` are ignored) or a prompt
+    that ends at the query variable, `rules ... facts ... query Q`."""
     tokens = text.split()
-    if "answer" not in tokens:
-        raise ValueError("compact prompt: missing the 'answer' token")
-    tokens = tokens[:tokens.index("answer")]
+    if "answer" in tokens:
+        tokens = tokens[:tokens.index("answer")]
     if not tokens or tokens[0] != "rules":
         raise ValueError("compact prompt: must start with 'rules'")
     if "facts" not in tokens or "query" not in tokens:
-        raise ValueError("compact prompt: expected 'rules ... facts ... query Q answer'")
+        raise ValueError("compact prompt: expected 'rules ... facts ... query Q [answer]'")
     i_facts, i_query = tokens.index("facts"), tokens.index("query")
     rule_tokens, fact_tokens, query_tokens = tokens[1:i_facts], tokens[i_facts + 1:i_query], tokens[i_query + 1:]
 
@@ -137,7 +155,8 @@ def parse_compact_prompt(text: str) -> Statement:
         facts.append((_var(var, "fact"), truth == "1"))
 
     if len(query_tokens) != 1:
-        raise ValueError("compact prompt: 'query' must be followed by exactly one variable then 'answer'")
+        raise ValueError("compact prompt: 'query' must be followed by exactly one variable (then 'answer' or "
+                         "the end)")
     return Statement(tuple(rules), tuple(facts), _var(query_tokens[0], "query"))
 
 

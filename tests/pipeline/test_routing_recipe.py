@@ -1,0 +1,53 @@
+"""The routing recipe (`make routing`) end to end: the Makefile's own overrides, as a DVC experiment of
+the tiny pipeline. Prompts stop at the query variable, trace sequences join the training rows, and
+every later stage reads the data that way."""
+import json
+import re
+import shlex
+
+import mlflow
+import pandas as pd
+
+from modules.data.logic import read_traces, trace_compact
+from modules.engine.activation_cache import ActivationCache
+from tests.pipeline.conftest import ROOT, make_project, run
+
+TINY = {"logic.data.traces.size": "150", "logic.train.max_steps": "8", "logic.train.val_every": "4",
+        "logic.train.seeds": "[0]"}
+
+
+def routing_overrides() -> list[str]:
+    """The `-S key=value` pairs of the Makefile's ROUTING_PARAMS, with TINY's sizes."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    flags = shlex.split(re.search(r"^ROUTING_PARAMS := (.*)$", text, re.M).group(1))
+    pairs = dict(flag.split("=", 1) for flag in flags if flag != "-S")
+    assert pairs["logic.data.prompt_end"] == "query" and pairs["logic.data.depth"] == "2"
+    return [arg for key, value in {**pairs, **TINY}.items() for arg in ("-S", f"{key}={value}")]
+
+
+def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_path):
+    project, env = make_project(tmp_path)
+    result = run(["dvc", "exp", "run", "-n", "routing-tiny", *routing_overrides()], project, env, timeout=900)
+    assert "Running stage 'report_logic'" in result.stdout
+    data = project / "artifacts/logic/data"
+    test = pd.read_parquet(data / "test.parquet")
+    assert (test.depth == 2).all() and test.prompt.str.match(r".* query [A-Z]$").all()
+    traces = read_traces(data / "traces.parquet")
+    assert len(traces) == 150 and (traces.depth == 5).all()
+    assert [trace_compact(p) for p in traces.prompt] == traces.answer.tolist()
+    assert not set(traces.prompt) & set(test.prompt)
+    validation = json.loads((project / "artifacts/logic/validation.json").read_text())
+    assert validation["success"] and validation["splits"]["traces"]["rows"] == 150
+    assert validation["splits"]["benchmark"]["success"]  # the frozen depth-3 set keeps its own params
+    pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
+    assert pairs.prompt_logop.str.match(r".* query [A-Z]$").all() and (pairs.depth == 2).all()
+    cache = ActivationCache(project / "artifacts/logic/activations/seed0")
+    assert cache.metadata["extra"]["positions"] == [-2, -1] and cache["resid_post.1"].shape[1] == 2
+    summary = json.loads((project / "artifacts/logic/analysis/seed0/summary.json").read_text())
+    assert summary["probes"]["n"] == 50
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    train = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
+    assert any("traces.parquet" in key for key in train.data.params), sorted(train.data.params)
+    evaluate = client.search_runs([experiment.experiment_id], "attributes.run_name = 'evaluate-seed0'")[0]
+    assert evaluate.data.params["prompt_end"] == "query"
