@@ -41,7 +41,7 @@ SEEDS ?= [1]
 ROUTING_PARAMS := -S logic.data.depth=2 -S logic.data.prompt_end=query -S logic.data.traces.size=100000 \
   -S logic.data.traces.depth=5 -S logic.pairs.depth=2 -S logic.pairs.prompt_end=query \
   -S 'logic.activations.positions=[-2,-1]' -S logic.train.first_token_weight=1.0 \
-  -S logic.train.max_steps=12000 -S logic.train.val_every=1000
+  -S logic.train.max_steps=12000 -S logic.train.val_every=1000 -S logic.report.dir=reports/logic_routing
 routing: setup
 	dvc exp run -n routing-depth2 $(ROUTING_PARAMS) -S 'logic.train.seeds=$(SEEDS)'
 	@dvc metrics show

@@ -1,5 +1,5 @@
-"""Stage: write reports/logic/ (README.md and each seed's figures) from the circuit analyses and
-the evaluations of every trained seed."""
+"""Stage: write the study's report (README.md and each seed's figures; reports/logic by default,
+logic.report.dir) from the circuit analyses and the evaluations of every trained seed."""
 import argparse
 import json
 import shutil
@@ -32,7 +32,7 @@ def main() -> None:
     with atomic_dir(args.out) as tmp:
         for seed in seeds:
             shutil.copytree(analysis / f"seed{seed}" / "figures", tmp / "figures" / f"seed{seed}")
-        (tmp / "README.md").write_text(render_report(seeds, evaluation))
+        (tmp / "README.md").write_text(render_report(seeds, evaluation, data=params("logic", "data")))
     print(f"report at {args.out}/README.md")
 
 

@@ -31,9 +31,22 @@ def _probe(summary: Mapping, target: str, layer: int, position: str) -> Mapping 
     return None
 
 
-def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping], figures_dir: str = "figures") -> str:
+def data_sentence(data: Mapping) -> str:
+    """What the models were trained on, from the params.yaml ``logic.data`` section."""
+    end = ("at the query variable (`... query Q`), which predicts the first proof token"
+           if data.get("prompt_end") == "query" else "with `query Q answer`; `answer` predicts the first proof token")
+    traces = data.get("traces") or {}
+    extra = (f", and {traces['size']:,} depth-{traces['depth']} trace sequences (a problem answered by its "
+             "query's antecedents, breadth first) beside them" if traces.get("size") else "")
+    return (f"Training data: {data['sizes']['train']:,} depth-{data['depth']} problems whose prompts end {end}"
+            f"{extra}. The analyses run on held-out depth-{data['depth']} problems.")
+
+
+def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping], figures_dir: str = "figures",
+                  data: Mapping | None = None) -> str:
     """``seeds``: seed -> analysis summary (with its probe table under ``probes.table``);
-    ``evaluation``: seed -> the evaluate stage's metrics."""
+    ``evaluation``: seed -> the evaluate stage's metrics; ``data``: the params.yaml ``logic.data``
+    section the models were trained on."""
     first = seeds[min(seeds)]
     last_layer, routing_layer = first["n_layers"] - 1, first["routing_direction"]["layer"]
     lines = [
@@ -49,6 +62,7 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         "shares of examples, bootstrap intervals over examples otherwise. docs/logic_circuit.md defines "
         "every quantity.",
         "",
+        *([data_sentence(data), ""] if data else []),
         "## The paper's claims next to ours",
         "",
     ]

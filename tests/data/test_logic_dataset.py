@@ -2,8 +2,10 @@
 import pandas as pd
 import pytest
 
-from modules.data.logic import (COLUMNS, MAX_DEPTH, few_shot_prompts, generate_flip_pairs, generate_splits,
-                                parse_compact_prompt, read_split, solve_compact, solve_natural, write_splits)
+from modules.data.logic import (COLUMNS, MAX_DEPTH, TRACE_COLUMNS, end_compact_prompt, few_shot_prompts,
+                                generate_flip_pairs, generate_splits, generate_traces, parse_compact_prompt,
+                                read_split, read_traces, read_training_rows, solve_compact, solve_natural,
+                                training_files, write_splits, write_traces)
 
 SIZES = {"train": 600, "val": 100, "test": 200}
 
@@ -190,3 +192,46 @@ def test_flip_pairs(frames):
     assert 0.35 < a_true < 0.65  # either LogOp source takes the true role
     with pytest.raises(ValueError, match=r"n must be an int >= 1"):
         generate_flip_pairs(0, 0)
+
+
+def test_prompt_end_query_stops_compact_prompts_at_the_query_variable(frames):
+    ended = generate_splits(11, SIZES, depth=3, prompt_end="query")
+    for split, frame in frames.items():
+        assert ended[split].prompt.tolist() == [p.removesuffix(" answer") for p in frame.prompt]
+        assert [end_compact_prompt(p, "answer") for p in ended[split].prompt] == frame.prompt.tolist()
+        pd.testing.assert_frame_equal(ended[split].drop(columns="prompt"), frame.drop(columns="prompt"))
+    assert [solve_compact(p) for p in ended["test"].prompt] == ended["test"].answer.tolist()
+    pairs = generate_flip_pairs(4, 20, depth=2, k=0, prompt_end="query")
+    assert pairs.prompt_logop.str.match(r".* query [A-Z]$").all()
+    with pytest.raises(ValueError, match=r"prompt_end must be one of \['answer', 'query'\], got 'end'"):
+        generate_splits(11, SIZES, prompt_end="end")
+
+
+def test_traces_are_deterministic_distinct_and_written_atomically(tmp_path):
+    traces = generate_traces(7, 300, depth=5, prompt_end="query")
+    assert traces.columns.tolist() == list(TRACE_COLUMNS) and traces.id.is_unique and traces.prompt.is_unique
+    assert (traces.depth == 5).all() and traces.prompt.str.match(r".* query [A-Z]$").all()
+    first, second = write_traces(traces, tmp_path / "a.parquet"), write_traces(
+        generate_traces(7, 300, depth=5, prompt_end="query"), tmp_path / "b.parquet")
+    assert first.read_bytes() == second.read_bytes()
+    pd.testing.assert_frame_equal(read_traces(first), traces)
+    assert generate_traces(7, 0, depth=5).empty
+    kept = generate_traces(8, 50, depth=2, exclude=set(traces.prompt))
+    assert not set(kept.prompt) & set(traces.prompt)
+    with pytest.raises(ValueError, match="traces columns must be exactly"):
+        write_traces(traces.drop(columns="answer"), tmp_path / "c.parquet")
+    assert not (tmp_path / "c.parquet").exists()
+    with pytest.raises(ValueError, match=r"size must be an int >= 0, got -1"):
+        generate_traces(7, -1, depth=5)
+
+
+def test_training_rows_append_the_traces(frames, tmp_path):
+    write_splits(frames, tmp_path)
+    assert training_files(tmp_path) == [tmp_path / "train.parquet"]
+    assert read_training_rows(tmp_path).prompt.tolist() == frames["train"].prompt.tolist()
+    traces = generate_traces(7, 40, depth=5)
+    write_traces(traces, tmp_path / "traces.parquet")
+    rows = read_training_rows(tmp_path)
+    assert training_files(tmp_path)[-1] == tmp_path / "traces.parquet"
+    assert rows.columns.tolist() == ["prompt", "answer", "query_chain"]
+    assert rows.answer.tolist() == frames["train"].answer.tolist() + traces.answer.tolist()

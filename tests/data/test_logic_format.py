@@ -7,7 +7,7 @@ import pytest
 from modules.data.logic import (VOCAB, Problem, Rule, Statement, compact_answer, compact_prompt, few_shot_prompt,
                                 natural_answer, natural_prompt, parse_answer, parse_compact_answer,
                                 parse_compact_prompt, parse_natural_answer, parse_natural_prompt, parse_prompt,
-                                solve_compact, solve_natural)
+                                solve_compact, solve_natural, trace_compact)
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "logic_format.md").read_text()
 
@@ -162,3 +162,15 @@ def test_bad_natural_prompt(text, match):
 def test_bad_answer(text):
     with pytest.raises(ValueError):
         parse_answer(text)
+
+
+@pytest.mark.parametrize("problem, trace", [(BASE, "C E F A B"), (replace(BASE, query_chain="linear"), "U T S")])
+def test_query_ending_prompt_and_trace_doc_examples(problem, trace):
+    prompt = compact_prompt(problem.statement(), end="query")
+    assert prompt == compact_prompt(problem.statement()).removesuffix(" answer")
+    assert f"{prompt}\n{trace}\n" in DOC
+    assert compact_answer(problem.trace()) == trace == trace_compact(prompt)
+    if problem.query_chain == "logop":
+        assert f"{prompt}\n{compact_answer(problem.proof())}\n" in DOC
+    with pytest.raises(ValueError, match=r"prompt_end must be one of \['answer', 'query'\]"):
+        compact_prompt(problem.statement(), end="Answer")

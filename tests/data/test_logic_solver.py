@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.data.logic import (answers_agree, check_answer, generate_splits, parse_compact_prompt, solve,
-                                solve_compact, solve_natural)
+from modules.data.logic import (answers_agree, backward_trace, check_answer, generate_splits, generate_traces,
+                                parse_compact_prompt, solve, solve_compact, solve_natural, trace_compact)
 
 LOGIC = Path(__file__).resolve().parents[2] / "modules" / "data" / "logic"
 
@@ -69,3 +69,23 @@ def test_cyclic_rules_terminate():
 def test_or_skips_a_first_premise_it_cannot_prove():
     st = parse_compact_prompt("rules E or F > C . A > E . B > F . facts A 0 B 1 query C answer")
     assert solve(st) == ("B", "F", "C")
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5, 10])
+def test_solver_trace_agrees_with_generator_trace(depth):
+    frame = generate_traces(depth, 800, depth, logop_share=0.5)
+    assert set(frame.query_chain) == {"logop", "linear"}
+    assert [trace_compact(p) for p in frame.prompt] == list(frame.answer)
+    for row in frame.itertuples():  # every variable but the query, linear chain or LogOp chain
+        st = parse_compact_prompt(row.prompt)
+        trace = row.answer.split()
+        assert len(trace) == len(set(trace)) and row.query_var not in trace
+        assert len(trace) == (depth - 1 if row.query_chain == "linear" else
+                              len({v for r in st.rules for v in (*r.premises, r.conclusion)}) - depth - 1)
+
+
+def test_trace_is_breadth_first_with_premises_as_written():
+    st = parse_compact_prompt("rules C > D . A > E . E or F > C . B > F . G > H . facts A 1 B 0 G 1 query D")
+    assert backward_trace(st) == ("C", "E", "F", "A", "B")
+    cyclic = parse_compact_prompt("rules A > B . B > A . facts A 1 query B")
+    assert backward_trace(cyclic) == ("A",)  # each variable once, the query never, however the rules loop

@@ -9,7 +9,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import pandas as pd
 import pytest
 
-from modules.data.logic import generate_splits, write_splits
+from modules.data.logic import generate_splits, generate_traces, trace_compact, write_splits, write_traces
 from modules.data.validation import (DataValidationError, ValidationParams, raise_on_failure,
                                      validate_logic_splits)
 
@@ -175,6 +175,8 @@ def test_missing_column_fails_schema_check(tmp_path, frames):
     ({**PARAMS, "logop_share": "high"}, "logop_share must be a number"),
     ({"logop_share": 0.5, "operators": ["or"]}, r"missing \['depth'\]"),
     ({**PARAMS, "tolerence": 0.1}, r"unknown \['tolerence'\]"),
+    ({**PARAMS, "prompt_end": "middle"}, r"prompt_end must be one of \['answer', 'query'\]"),
+    ({**PARAMS, "trace_depth": 3}, r"trace_depth must be an int other than the task's depth \[3\], got 3"),
 ])
 def test_bad_params_raise_one_line_error(tmp_path, params, message):
     with pytest.raises(ValueError, match=message):
@@ -206,3 +208,49 @@ def test_params_accept_depth_list_and_reject_bools():
     assert params.depths == (4, 2) and params.operators == ("and", "or")
     with pytest.raises(ValueError, match="depth must be"):
         ValidationParams.from_mapping({**PARAMS, "depth": True})
+
+
+def test_prompt_ending_other_than_configured_fails_its_check(tmp_path, frames):
+    report = validate_logic_splits(write(tmp_path, frames), {**PARAMS, "prompt_end": "query"}, tmp_path / "docs")
+    end_check = "expect_column_values_to_be_in_set(prompt_end_ok)"
+    assert failing(report) == {(split, end_check) for split in SIZES}
+    ended = {name: frame.assign(prompt=frame.prompt.str.removesuffix(" answer")) for name, frame in frames.items()}
+    report = validate_logic_splits(write(tmp_path / "q", ended), {**PARAMS, "prompt_end": "query"}, tmp_path / "d2")
+    assert report.success, [str(o) for o in report.failures()]
+
+
+TRACE_CHECK = "expect_column_pair_values_to_be_equal(answer, solver_trace)"
+
+
+def test_traces_are_validated_against_the_solver_and_the_other_splits(tmp_path, frames):
+    params = {**PARAMS, "trace_depth": 5}
+    traces = generate_traces(3, 50, depth=5)
+    path = write_traces(traces, tmp_path / "traces.parquet")
+    report = validate_logic_splits(write(tmp_path, frames), params, tmp_path / "docs", traces=path)
+    assert report.success, [str(o) for o in report.failures()]
+    assert report.rows["traces"] == 50 and report.rows["all_splits_prompts"] == 410
+
+    wrong = traces.copy()
+    wrong.loc[3, "answer"] = " ".join(reversed(wrong.loc[3, "answer"].split()))
+    wrong.loc[4, "depth"] = 3
+    report = validate_logic_splits(write(tmp_path, frames), params, tmp_path / "docs",
+                                   traces=write_traces(wrong, tmp_path / "wrong.parquet"))
+    assert failing(report) == {("traces", TRACE_CHECK), ("traces", "expect_column_values_to_be_in_set(depth)")}
+
+    leaked = traces.copy()
+    leaked.loc[0, "prompt"] = frames["test"].prompt.iloc[0]
+    leaked.loc[0, "answer"] = trace_compact(leaked.loc[0, "prompt"])
+    report = validate_logic_splits(write(tmp_path, frames), params, tmp_path / "docs",
+                                   traces=write_traces(leaked, tmp_path / "leaked.parquet"))
+    assert failing(report) == {("all_splits_prompts", "expect_column_values_to_be_unique(prompt)")}
+    with pytest.raises(ValueError, match="traces given without trace_depth"):
+        validate_logic_splits(write(tmp_path, frames), PARAMS, tmp_path / "docs", traces=path)
+
+
+def test_a_split_may_keep_its_own_params(tmp_path, frames):
+    deeper = generate_splits(5, {"benchmark": 60}, depth=4)
+    paths = {**write(tmp_path, frames), **write_splits(deeper, tmp_path / "bench")}
+    assert ("benchmark", "expect_column_values_to_be_in_set(depth)") in failing(
+        validate_logic_splits(paths, PARAMS, tmp_path / "docs"))
+    report = validate_logic_splits(paths, PARAMS, tmp_path / "docs", split_params={"benchmark": {**PARAMS, "depth": 4}})
+    assert report.success, [str(o) for o in report.failures()]

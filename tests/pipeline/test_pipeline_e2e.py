@@ -101,6 +101,10 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 10], got 12 (depth 12 needs"),
     ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
     ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
+    ("data__prompt_end", "middle", "params.yaml logic.data.prompt_end must be one of ['answer', 'query'], got 'middle'"),
+    ("data__traces", {"size": 10, "depth": 3, "seed": 7},
+     "params.yaml logic.data.traces.depth must differ from logic.data.depth (3)"),
+    ("data__traces", {"size": -1, "depth": 5, "seed": 7}, "params.yaml logic.data.traces.size must be an int >= 0"),
 ])
 def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
     project, env, original = scratch_project

@@ -51,3 +51,7 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
     assert any("traces.parquet" in key for key in train.data.params), sorted(train.data.params)
     evaluate = client.search_runs([experiment.experiment_id], "attributes.run_name = 'evaluate-seed0'")[0]
     assert evaluate.data.params["prompt_end"] == "query"
+    report = (project / "reports/logic_routing/README.md").read_text()
+    assert "400 depth-2 problems whose prompts end at the query variable" in report
+    assert "150 depth-5 trace sequences" in report and train.info.run_id != summary["mlflow_run_id"]
+    assert summary["mlflow_run_id"] in report
