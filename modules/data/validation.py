@@ -158,14 +158,19 @@ def _share_bounds(share: float, tolerance: float) -> dict[str, float]:
             "max_value": round(min(1.0, share + tolerance), 9)}
 
 
-def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expectation]:
-    """Expectations for one split, run on the frame returned by `with_check_columns`."""
+def _schema_expectations(columns: Mapping[str, str], computed: list[str], what: str) -> list[gxe.Expectation]:
+    """The columns in order (then the computed check columns), each of its type and never null."""
     checks: list[gxe.Expectation] = [gxe.ExpectTableColumnsToMatchOrderedList(
-        column_list=[*COLUMNS, *check_columns(params)],
-        notes="dataset columns followed by the computed check columns")]
-    for column, dtype in COLUMNS.items():
+        column_list=[*columns, *computed], notes=f"{what} columns followed by the computed check columns")]
+    for column, dtype in columns.items():
         checks.append(gxe.ExpectColumnTypeToBe(column=column, type_=dtype))
         checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    return checks
+
+
+def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expectation]:
+    """Expectations for one split, run on the frame returned by `with_check_columns`."""
+    checks = _schema_expectations(COLUMNS, check_columns(params), "dataset")
     checks += [
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[split]),
@@ -248,12 +253,7 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
 
 def trace_expectations(params: ValidationParams) -> list[gxe.Expectation]:
     """Expectations for the trace sequences, run on the frame from `with_trace_check_columns`."""
-    checks: list[gxe.Expectation] = [gxe.ExpectTableColumnsToMatchOrderedList(
-        column_list=[*TRACE_COLUMNS, "solver_trace", "prompt_end_ok"],
-        notes="trace columns followed by the computed check columns")]
-    for column, dtype in TRACE_COLUMNS.items():
-        checks.append(gxe.ExpectColumnTypeToBe(column=column, type_=dtype))
-        checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    checks = _schema_expectations(TRACE_COLUMNS, ["solver_trace", "prompt_end_ok"], "trace")
     checks += [
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToBeInSet(column="depth", value_set=[params.trace_depth],
