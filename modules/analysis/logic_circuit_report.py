@@ -77,13 +77,15 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         attention = summary["attention"]["routing_head"]
         head = f"({attention['layer']},{attention['head']})"
         n = summary["attention"]["n"]
+        # a prompt that ends at the query variable decides there: its "attention to the query" is to itself
+        moot = "not applicable: the last position is the query" if (data or {}).get("prompt_end") == "query" else None
         rows.append([f"layer-{last_layer + 1} attention to the query, linear queries, seed {seed}",
                      f"above {ROUTING_LINEAR:.0%} (one layer-3 head)",
                      f"head {head}: {pct_ci(attention['linear'])}; n = {n['linear']}",
-                     verdict(attention["linear"], ROUTING_LINEAR, above=True)])
+                     moot or verdict(attention["linear"], ROUTING_LINEAR, above=True)])
         rows.append([f"same head, LogOp queries, seed {seed}", f"below {ROUTING_LOGOP:.0%}",
                      f"{pct_ci(attention['logop'])}; n = {n['logop']}",
-                     verdict(attention["logop"], ROUTING_LOGOP, above=False)])
+                     moot or verdict(attention["logop"], ROUTING_LOGOP, above=False)])
         probe = _probe(summary, "linear_source", routing_layer, "query")
         if probe is not None:
             entry = {"mean": probe["accuracy"], "ci_low": probe["ci_low"], "ci_high": probe["ci_high"]}

@@ -55,3 +55,4 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
     assert "400 depth-2 problems whose prompts end at the query variable" in report
     assert "150 depth-5 trace sequences" in report and train.info.run_id != summary["mlflow_run_id"]
     assert summary["mlflow_run_id"] in report
+    assert report.count("not applicable: the last position is the query") == 2  # the two attention rows
