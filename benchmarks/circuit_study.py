@@ -19,6 +19,7 @@ import torch
 from modules.analysis.logic_circuit import (CircuitConfig, cached_residuals, encode_prompts, run_circuit_study,
                                             write_circuit)
 from modules.data.logic.dataset import generate_flip_pairs, generate_splits
+from modules.data.logic.syntax import end_compact_prompt
 from modules.engine import capture_positions
 from modules.io import atomic_dir
 from modules.models.logic_model import load_checkpoint
@@ -39,16 +40,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shaped = (lambda prompt: prompt.removesuffix(" answer")) if args.end_at_query else (lambda prompt: prompt)
+    end = "query" if args.end_at_query else "answer"
 
     model, tokenizer = load_checkpoint(args.model)
     trained = generate_splits(args.data_seed, {"train": args.train_size, "val": 2000}, depth=args.depth)
     seen = set(trained["train"].prompt) | set(trained["val"].prompt)
     test = generate_splits(args.data_seed + 99, {"test": args.n_test}, depth=args.depth, exclude=seen)["test"]
-    test = test.assign(prompt=test.prompt.map(shaped))
+    test = test.assign(prompt=test.prompt.map(lambda prompt: end_compact_prompt(prompt, end)))
     pairs = generate_flip_pairs(args.data_seed + 1, args.n_pairs, depth=args.depth, k=0, exclude=seen)
     for column in ("prompt_logop", "prompt_linear"):
-        pairs[column] = pairs[column].map(shaped)
+        pairs[column] = pairs[column].map(lambda prompt: end_compact_prompt(prompt, end))
 
     # the last positions, as the activation-cache stage takes them: `query`, the query variable
     # (and `answer` when the prompt has it)

@@ -37,6 +37,7 @@ from collections import Counter
 import torch
 
 from modules.data.logic.dataset import generate_splits
+from modules.data.logic.solver import trace_compact
 from modules.models.decoding import teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
@@ -63,14 +64,9 @@ def variables(text: str) -> set[str]:
 
 
 def backward_trace(prompt: str) -> str:
-    """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N`."""
-    antecedents = rule_antecedents(prompt)
-    queue, trace = [queried_variable(prompt)], []
-    while queue:
-        found = antecedents.get(queue.pop(0), [])
-        trace += found
-        queue += found
-    return " ".join(trace)
+    """The query's antecedents, breadth first: `... G > W . query W answer` -> `G N` (the solver's
+    trace, as the pipeline's trace sequences use it)."""
+    return trace_compact(prompt)
 
 
 def ancestor_path(prompt: str, every: int = 1) -> str:

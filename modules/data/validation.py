@@ -24,6 +24,7 @@ import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from modules.data.logic.syntax import PROMPT_ENDS  # noqa: E402
 from modules.io import replace_dir, write_json  # noqa: E402
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
@@ -39,7 +40,6 @@ COLUMNS: dict[str, str] = {
 OPERATORS = ("and", "or")
 QUERY_CHAINS = ("logop", "linear")
 UNDETERMINED = "undetermined"  # the compact answer when the query cannot be proved
-PROMPT_ENDS = ("answer", "query")
 TRACE_COLUMNS: dict[str, str] = {"id": "str", "depth": "int64", "operator": "str", "query_chain": "str",
                                  "query_var": "str", "prompt": "str", "answer": "str"}
 TRACES = "traces"
