@@ -43,7 +43,7 @@ ROUTING_PARAMS := -S logic.data.depth=2 -S logic.data.prompt_end=query -S logic.
   -S 'logic.activations.positions=[-2,-1]' -S logic.train.first_token_weight=1.0 \
   -S logic.train.max_steps=12000 -S logic.train.val_every=1000 -S logic.report.dir=reports/logic_routing
 routing: setup
-	dvc exp run -n routing-depth2 $(ROUTING_PARAMS) -S 'logic.train.seeds=$(SEEDS)'
+	dvc exp run -n routing-depth2 $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show
 
 test: setup

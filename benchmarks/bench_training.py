@@ -35,9 +35,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("artifacts/logic/data"))
     parser.add_argument("--max-steps", type=int, default=None, help="override logic.train.max_steps")
     args = parser.parse_args()
-    settings = dict(params("logic", "train"))
-    settings.pop("seeds")
-    config = TrainConfig.from_params(settings)
+    config = TrainConfig.from_params(params("logic", "train"))
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
     splits = load_splits(args.data)

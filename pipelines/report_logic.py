@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/logic")
     args = parser.parse_args()
     analysis, seeds, evaluation = Path(args.analysis), {}, {}
-    for seed in params("logic", "train", "seeds"):
+    for seed in params("logic", "seeds"):
         folder = analysis / f"seed{seed}"
         if not (folder / "summary.json").is_file():
             raise FileNotFoundError(f"no analysis for seed {seed} at {folder}/summary.json; run analyze_logic first")

@@ -14,9 +14,7 @@ from pipelines._stage import LOGIC_STUDY, params, run, seed_stage_args
 
 def main() -> None:
     args = seed_stage_args(__doc__)
-    settings = dict(params("logic", "train"))
-    settings.pop("seeds")
-    config = TrainConfig.from_params(settings)
+    config = TrainConfig.from_params(params("logic", "train"))
     data, out = Path(args.data), Path(args.out)
     val_path = data / "val.parquet"
     with tracked_run(LOGIC_STUDY, f"train-seed{args.seed}", {**config.as_dict(), "seed": args.seed},

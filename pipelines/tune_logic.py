@@ -18,9 +18,7 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/logic/tuning/best_params.yaml")
     args = parser.parse_args()
     tune = params("logic", "tune")
-    settings = dict(params("logic", "train"))
-    settings.pop("seeds")
-    base = TrainConfig.from_params(settings)
+    base = TrainConfig.from_params(params("logic", "train"))
     data = Path(args.data)
     with tracked_run(LOGIC_STUDY, "tune", tune, data_paths=[*training_files(data), data / "val.parquet"]):
         study = run_study(read_training_rows(data), read_split(data / "val.parquet"), base,

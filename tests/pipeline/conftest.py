@@ -22,7 +22,8 @@ TINY_PARAMS = {
     "pairs": {"n_pairs": 20},
     "analysis": {"n_problems": 120, "probe_epochs": 20, "random_directions": 2, "random_controls": 1,
                  "batch_size": 64, "n_boot": 100},
-    "train": {"seeds": [0], "n_embd": 24, "batch_size": 32, "max_steps": 8, "val_every": 4,
+    "seeds": [0],
+    "train": {"n_embd": 24, "batch_size": 32, "max_steps": 8, "val_every": 4,
               "val_batch_size": 64},
     "tune": {"n_trials": 2, "timeout_s": 120, "trial_max_steps": 4, "storage": "sqlite:///optuna.db",
              "study_name": "logic-gpt2", "seed": 0,
@@ -49,7 +50,10 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
     shutil.copy2(ROOT / "data" / "logic_benchmark.parquet", dest / "data" / "logic_benchmark.parquet")
     params = yaml.safe_load((dest / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
-        params["logic"][section].update(values)
+        if isinstance(values, dict):
+            params["logic"][section].update(values)
+        else:
+            params["logic"][section] = values
     for dotted, value in overrides.items():
         node = params["logic"]
         *path, last = dotted.split("__")

@@ -49,6 +49,22 @@ def test_second_repro_is_a_no_op(repro_project):
     assert "Data and pipelines are up to date" in again.stdout
 
 
+def test_adding_a_seed_leaves_the_trained_seeds_cached(repro_project):
+    project, env, _ = repro_project
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["logic"]["seeds"] = [0, 1]
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json", "dvc.yaml"], project, env).stdout))
+    finally:
+        params_path.write_text(original)
+    assert {"train_logic@1", "evaluate_logic@1", "analyze_logic@1", "report_logic"} <= stale
+    assert not {stage for stage in stale if stage.endswith("@0")}, sorted(stale)
+    assert "tune_logic" not in stale
+
+
 def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
     project, env, _ = repro_project
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])

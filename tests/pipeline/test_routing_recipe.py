@@ -13,7 +13,7 @@ from modules.engine.activation_cache import ActivationCache
 from tests.pipeline.conftest import ROOT, make_project, run
 
 TINY = {"logic.data.traces.size": "150", "logic.train.max_steps": "8", "logic.train.val_every": "4",
-        "logic.train.seeds": "[0]"}
+        "logic.seeds": "[0]"}
 
 
 def routing_overrides() -> list[str]:
