@@ -36,7 +36,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
                 multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None,
-                trace_marker=False)
+                trace_marker=False, rule_order="shuffled")
 
 
 def exact_per_problem(model, data, first_token_only: bool = False, batch_size: int = 2000) -> torch.Tensor:
@@ -98,10 +98,11 @@ def marked(prompt: str) -> str:
     return f"{head} answer {query} answer"
 
 
-def trace_set(seed: int, n: int, depth: int, every: int):
+def trace_set(seed: int, n: int, depth: int, every: int, rule_order: str = "shuffled"):
     """``n`` training (prompts, traces) of depth-``depth`` problems and 1,000 held-out (prompt, trace)
     pairs; the traces list every ``every``-th ancestor of the query (1: all antecedents, breadth first)."""
-    deep, trace = generate_splits(seed, {"train": n, "val": 1000}, depth=depth), trace_answer(every)
+    deep = generate_splits(seed, {"train": n, "val": 1000}, depth=depth, rule_order=rule_order)
+    trace = trace_answer(every)
     prompts = list(deep["train"].prompt)
     return prompts, [trace(p) for p in prompts], [(p, trace(p)) for p in deep["val"].prompt]
 
@@ -158,14 +159,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tokenizer = build_logic_tokenizer()
-    splits = generate_splits(cfg["data_seed"], {"train": cfg["train_size"], "val": 2000}, depth=cfg["depth"])
+    order = cfg["rule_order"]  # "chain": each chain's rules written in proof order (sample_problem)
+    splits = generate_splits(cfg["data_seed"], {"train": cfg["train_size"], "val": 2000}, depth=cfg["depth"],
+                             rule_order=order)
     if cfg["train_logop_share"] is not None:  # a training mix of query chains unlike the held-out one
         splits["train"] = generate_splits(cfg["data_seed"] + 1, {"train": cfg["train_size"]}, depth=cfg["depth"],
-                                          logop_share=cfg["train_logop_share"])["train"]
+                                          logop_share=cfg["train_logop_share"], rule_order=order)["train"]
     prompts, answers = list(splits["train"].prompt), list(splits["train"].answer)
     for depth in cfg["extra_depths"]:
         n = int(cfg["train_size"] * cfg["extra_share"] / len(cfg["extra_depths"]))
-        extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth)["train"]
+        extra = generate_splits(cfg["data_seed"] + 1000 * depth, {"train": n}, depth=depth, rule_order=order)["train"]
         prompts += list(extra.prompt)
         answers += list(extra.answer)
     if cfg["trace_depth"] == cfg["depth"]:  # the trace prompt would be the task prompt with another answer
@@ -179,9 +182,10 @@ def main() -> None:
         n = int(len(splits["train"]) * cfg["backward_aux"])
         if cfg["trace_depth"]:  # other-depth problems, prompts ending like the task's (at the query with end_at_query)
             aux_prompts, aux_answers, held_out["trace"] = trace_set(cfg["data_seed"] + 7, n, cfg["trace_depth"],
-                                                                    cfg["trace_every"])
+                                                                    cfg["trace_every"], order)
         elif cfg["trace_marker"]:  # the task's depth, `... answer W` (the task's prompts end `... query W`)
-            aux_prompts, aux_answers, pairs = trace_set(cfg["data_seed"] + 7, n, cfg["depth"], cfg["trace_every"])
+            aux_prompts, aux_answers, pairs = trace_set(cfg["data_seed"] + 7, n, cfg["depth"], cfg["trace_every"],
+                                                        order)
             aux_prompts = [marked(p) for p in aux_prompts]
             held_out["trace"] = [(marked(p), t) for p, t in pairs]
         else:  # the task's own problems, prompts `... query W >`
@@ -194,7 +198,8 @@ def main() -> None:
         if depth in (cfg["depth"], cfg["trace_depth"]):  # one prompt shape, one kind of answer
             parser.error(f"more_traces depth {depth} is already the task's or trace_depth's")
         aux_prompts, aux_answers, held_out[f"trace{depth}"] = trace_set(cfg["data_seed"] + 7 + depth,
-                                                                        int(len(splits["train"]) * share), depth, every)
+                                                                        int(len(splits["train"]) * share), depth, every,
+                                                                        order)
         prompts += aux_prompts
         answers += aux_answers
     if cfg["multi_query"]:
@@ -267,7 +272,7 @@ def main() -> None:
     frame = splits["val"].assign(ok=exact_per_problem(model, val).cpu().numpy())
     print(json.dumps({"config": json.loads(args.config), "breakdown": breakdown(frame)}), flush=True)
     if args.test:  # fresh problems, none of them in the training or validation data
-        fresh = generate_splits(cfg["data_seed"] + 99, {"test": args.test}, depth=cfg["depth"],
+        fresh = generate_splits(cfg["data_seed"] + 99, {"test": args.test}, depth=cfg["depth"], rule_order=order,
                                 exclude=set(prompts) | set(splits["val"].prompt))["test"]
         test = to_device(encode(tokenizer, [shaped(p) for p in fresh.prompt], list(fresh.answer)))
         frame = fresh.assign(ok=exact_per_problem(model, test).cpu().numpy())

@@ -99,6 +99,34 @@ def _reaches(st, source, target):
     return target in seen
 
 
+@pytest.mark.parametrize("depth", [2, 3, 4, 7])
+def test_chain_rule_order_keeps_the_interleaving_and_writes_each_chain_in_proof_order(depth):
+    shuffled = generate_splits(4, {"s": 200}, depth=depth, logop_share=0.5)["s"]
+    ordered = generate_splits(4, {"s": 200}, depth=depth, logop_share=0.5, rule_order="chain")["s"]
+    same = ["answer", "query_var", "operator", "query_chain", "source_truth"]
+    assert shuffled[same].equals(ordered[same])  # the same problems, drawn alike
+    moved = 0
+    for before, after in zip(shuffled.prompt, ordered.prompt):
+        st_before, st_after = parse_compact_prompt(before), parse_compact_prompt(after)
+        assert sorted(map(str, st_before.rules)) == sorted(map(str, st_after.rules))
+        assert st_before.facts == st_after.facts and st_before.query == st_after.query
+        linear = {v for v, _ in st_after.facts} - {p for r in st_after.rules if r.op for p in r.premises}
+        linear = {v for s in linear for v in [s] + _descendants(st_after, s)}
+        assert [r.conclusion in linear for r in st_before.rules] == \
+            [r.conclusion in linear for r in st_after.rules]  # each chain keeps its slots
+        written = {r.conclusion: i for i, r in enumerate(st_after.rules)}
+        for i, rule in enumerate(st_after.rules):  # every premise's own rule is written earlier
+            assert all(written.get(p, -1) < i for p in rule.premises)
+        moved += before != after
+    assert [solve_compact(prompt) for prompt in ordered.prompt] == ordered.answer.tolist()
+    assert depth == 2 or moved > 50
+
+
+def _descendants(st, v):
+    return [r.conclusion for r in st.rules if v in r.premises] + \
+        [d for r in st.rules if v in r.premises for d in _descendants(st, r.conclusion)]
+
+
 def test_proportions_near_parameters():
     frame = generate_splits(5, {"s": 20000}, depth=3, logop_share=0.8)["s"]
     assert abs((frame.query_chain == "logop").mean() - 0.8) < 0.015
@@ -128,6 +156,7 @@ def test_proportions_near_parameters():
     ({"sizes": {}}, r"sizes must be a non-empty dict"),
     ({"sizes": {"../x": 5}}, r"sizes: split name must match"),
     ({"seed": "1"}, r"seed must be an int"),
+    ({"rule_order": "sorted"}, r"rule_order must be one of \['shuffled', 'chain'\], got 'sorted'"),
 ])
 def test_bad_parameters(kwargs, match):
     args = {"seed": 0, "sizes": {"train": 10}, **kwargs}

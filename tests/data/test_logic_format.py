@@ -174,3 +174,12 @@ def test_query_ending_prompt_and_trace_doc_examples(problem, trace):
         assert f"{prompt}\n{compact_answer(problem.proof())}\n" in DOC
     with pytest.raises(ValueError, match=r"prompt_end must be one of \['answer', 'query'\]"):
         compact_prompt(problem.statement(), end="Answer")
+
+
+def test_chain_rule_order_of_the_doc_example():
+    from modules.data.logic.generator import chain_ordered
+    ordered = replace(BASE, rule_order=chain_ordered(BASE.rule_order, BASE.depth))
+    assert f"`{RULES_OR.strip()}`" in DOC
+    written = compact_prompt(ordered.statement()).split(" facts")[0]
+    assert written == "rules S > T . A > E . B > F . T > U . E or F > C . U > V . C > D ."
+    assert f"`{written}`" in DOC and ordered.proof() == BASE.proof()

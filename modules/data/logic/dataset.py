@@ -74,14 +74,15 @@ def _check_sizes(sizes: dict[str, int]) -> None:
 
 def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_share: float = 0.8,
                     operators: Sequence[str] = OPERATORS, exclude: Iterable[str] = (),
-                    prompt_end: str = "answer") -> dict[str, pd.DataFrame]:
+                    prompt_end: str = "answer", rule_order: str = "shuffled") -> dict[str, pd.DataFrame]:
     """Disjoint splits of distinct problems (distinct by compact prompt).
 
     Each split draws from its own seeded stream. Splits are filled smallest
     first, and a problem already taken is redrawn, so held-out splits do not
     change when a larger training split is resized. Prompts in ``exclude``
     (e.g. another dataset's training split) count as taken. ``prompt_end``
-    "query" stops the compact prompts at the query variable (the NL ones are unchanged).
+    "query" stops the compact prompts at the query variable (the NL ones are unchanged);
+    ``rule_order`` as in ``sample_problem``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -97,7 +98,7 @@ def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_shar
             if attempts > 20 * sizes[split] + 1000:
                 raise ValueError(f"sizes[{split!r}]={sizes[split]} is more distinct problems than "
                                  f"depth={depth}, operators={list(operators)} can supply")
-            row = problem_row(sample_problem(rng, depth, logop_share, operators), prompt_end)
+            row = problem_row(sample_problem(rng, depth, logop_share, operators, rule_order=rule_order), prompt_end)
             if row["prompt"] in taken:
                 continue
             taken.add(row["prompt"])
@@ -112,7 +113,8 @@ def _frame(rows: list[dict], schema: pa.Schema = SCHEMA) -> pd.DataFrame:
 
 
 def generate_traces(seed: int, n: int, depth: int, logop_share: float = 0.8, operators: Sequence[str] = OPERATORS,
-                    prompt_end: str = "answer", exclude: Iterable[str] = ()) -> pd.DataFrame:
+                    prompt_end: str = "answer", exclude: Iterable[str] = (),
+                    rule_order: str = "shuffled") -> pd.DataFrame:
     """``n`` distinct problems, each answered by its query's trace (``Problem.trace``) instead of
     its proof. Training on them teaches the rule lookups a proof's first token chains together;
     give them a depth the task does not use, so a trace prompt never reads as a task prompt."""
@@ -124,7 +126,7 @@ def generate_traces(seed: int, n: int, depth: int, logop_share: float = 0.8, ope
     check_prompt_end(prompt_end)
     taken, rng, rows = set(exclude), _rng(seed, f"traces-d{depth}"), []
     while len(rows) < n:
-        problem = sample_problem(rng, depth, logop_share, operators)
+        problem = sample_problem(rng, depth, logop_share, operators, rule_order=rule_order)
         prompt = compact_prompt(problem.statement(), prompt_end)
         if prompt in taken:
             continue

@@ -11,6 +11,7 @@ from modules.data.logic.syntax import LETTERS, OPERATORS, Proof, Rule, Statement
 
 MIN_DEPTH = 2
 QUERY_CHAINS = ("logop", "linear")
+RULE_ORDERS = ("shuffled", "chain")
 
 
 def hops(depth: int) -> int:
@@ -110,14 +111,36 @@ class Problem:
         return f"{t(self.value_a)}{t(self.value_b)}/{t(self.linear_value)}"
 
 
+def check_rule_order(rule_order: str) -> None:
+    if rule_order not in RULE_ORDERS:
+        raise ValueError(f"rule_order must be one of {list(RULE_ORDERS)}, got {rule_order!r}")
+
+
+def chain_ordered(written: Sequence[int], depth: int) -> tuple[int, ...]:
+    """The same interleaving of the two chains' rules, each chain's rules now in proof order
+    (pre-merge levels, the merge, the tail; the linear chain source first). Draws nothing."""
+    a, h = pre_merge_length(depth), hops(depth)
+    n_logop = 2 * a + 1 + (h - a - 1)
+    level = lambda i: i - a if a <= i < 2 * a else i  # noqa: E731  (the two branches share levels)
+    result = list(written)
+    for chain in (lambda i: i < n_logop, lambda i: i >= n_logop):
+        slots = [pos for pos, i in enumerate(written) if chain(i)]
+        ranked = sorted(slots, key=lambda pos: (level(written[pos]), pos))
+        for slot, pos in zip(slots, ranked):
+            result[slot] = written[pos]
+    return tuple(result)
+
+
 def sample_problem(rng: random.Random, depth: int = 3, logop_share: float = 0.8,
                    operators: Sequence[str] = OPERATORS,
-                   values: tuple[bool, bool, bool] | None = None) -> Problem:
+                   values: tuple[bool, bool, bool] | None = None, rule_order: str = "shuffled") -> Problem:
     """One random problem. `values` forces (value_a, value_b, linear_value).
 
     Letters are drawn uniformly without replacement, so which branch is written
-    first in the merge rule is already uniformly random.
+    first in the merge rule is already uniformly random. ``rule_order`` "chain" keeps the
+    random interleaving of the two chains but writes each chain's rules in proof order.
     """
+    check_rule_order(rule_order)
     a, h = pre_merge_length(depth), hops(depth)
     letters = rng.sample(LETTERS, variables_needed(depth))
     branch_a, branch_b = tuple(letters[:a + 1]), tuple(letters[a + 1:2 * a + 2])
@@ -127,9 +150,9 @@ def sample_problem(rng: random.Random, depth: int = 3, logop_share: float = 0.8,
         values = (rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
     operator = rng.choice(list(operators))
     query_chain = "logop" if rng.random() < logop_share else "linear"
-    rule_order = list(range(2 * a + 1 + (h - a - 1) + h))
-    rng.shuffle(rule_order)
+    written = list(range(2 * a + 1 + (h - a - 1) + h))
+    rng.shuffle(written)
     fact_order = [0, 1, 2]
     rng.shuffle(fact_order)
-    return Problem(operator, branch_a, branch_b, tail, linear, *values, query_chain,
-                   tuple(rule_order), tuple(fact_order))
+    written = chain_ordered(written, depth) if rule_order == "chain" else tuple(written)
+    return Problem(operator, branch_a, branch_b, tail, linear, *values, query_chain, written, tuple(fact_order))
