@@ -28,7 +28,7 @@ from modules.engine.adapters import ModelLoadError
 from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
-from modules.models.decoding import teacher_forced_exact_match
+from modules.models.decoding import right_padded_logits, teacher_forced_exact_match
 from modules.training.sequences import BatchStream, encode, training_loss
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
@@ -245,7 +245,7 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        loss = training_loss(model(input_ids=ids).logits[:, :-1], batch, cfg["first_token_weight"],
+        loss = training_loss(right_padded_logits(model, ids)[:, :-1], batch, cfg["first_token_weight"],
                              cfg["prompt_loss_weight"], inner_answer_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

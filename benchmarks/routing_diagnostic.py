@@ -38,7 +38,7 @@ import torch
 
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import trace_compact
-from modules.models.decoding import teacher_forced_exact_match
+from modules.models.decoding import right_padded_logits, teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.training.sequences import BatchStream, encode, training_loss
@@ -203,7 +203,8 @@ def main() -> None:
     inner_answer_id = tokenizer.convert_tokens_to_ids("answer")
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
-        loss = training_loss(model(input_ids=batch.input_ids).logits[:, :-1], batch, inner_answer_id=inner_answer_id)
+        logits = right_padded_logits(model, batch.input_ids)[:, :-1]
+        loss = training_loss(logits, batch, inner_answer_id=inner_answer_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,7 +220,7 @@ def main() -> None:
         return
     model.eval()
     with torch.no_grad():
-        logits = model(input_ids=val.input_ids).logits
+        logits = right_padded_logits(model, val.input_ids)
     first = logits[torch.arange(len(val)), val.prompt_lengths - 1].argmax(-1)
     sources = Counter()
     for p, token, chain in zip(splits["val"].prompt, tokenizer.convert_ids_to_tokens(first.tolist()),

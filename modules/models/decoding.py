@@ -39,6 +39,13 @@ def exact_match(generated: torch.Tensor, input_ids: torch.Tensor, prompt_lengths
     return fits & ((generated == reference) | ~in_answer).all(dim=1)
 
 
+def right_padded_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of right-padded sequences. Causal attention keeps the padding out of every earlier
+    position, so the all-ones mask changes nothing (bit for bit); it tells transformers so, which
+    stops its padding warning."""
+    return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+
+
 @torch.inference_mode()
 def teacher_forced_exact_match(model, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
                                lengths: torch.Tensor) -> torch.Tensor:
@@ -46,9 +53,9 @@ def teacher_forced_exact_match(model, input_ids: torch.Tensor, prompt_lengths: t
 
     Greedy decoding reproduces answer + <eos> iff every answer position's argmax, given the
     reference prefix, is the reference token: the first disagreement is exactly where decoding
-    departs. Right padding is never seen by earlier positions (causal attention), so no mask.
+    departs. Right padding is never seen by earlier positions (causal attention).
     """
-    predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    predicted = right_padded_logits(model, input_ids)[:, :-1].argmax(-1)
     in_answer = answer_targets(input_ids, prompt_lengths, lengths)
     return ((predicted == input_ids[:, 1:]) | ~in_answer).all(dim=1)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from modules.models.decoding import teacher_forced_exact_match
+from modules.models.decoding import right_padded_logits, teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
 from modules.training.sequences import EncodedSequences, training_loss
 
@@ -24,7 +24,7 @@ class LogicLM(pl.LightningModule):
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch.input_ids).logits[:, :-1]
+        logits = right_padded_logits(self.model, batch.input_ids)[:, :-1]
         loss = training_loss(logits, batch, self.hparams.first_token_weight, self.hparams.prompt_loss_weight)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss

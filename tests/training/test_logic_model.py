@@ -107,3 +107,19 @@ def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
     assert exact_match(ours, sequences, torch.full((5,), 9), lengths).all()
     sequences[0, 9] = (sequences[0, 9] + 1) % len(VOCAB)
     assert not exact_match(ours, sequences, torch.full((5,), 9), lengths)[0]
+
+
+def test_right_padded_logits_equal_the_unmasked_forward_bit_for_bit():
+    from modules.models.decoding import right_padded_logits
+
+    model = build_logic_model(n_layer=2, n_head=2, n_embd=16, seed=0)
+    ids = torch.randint(1, model.config.vocab_size, (8, 20), generator=torch.Generator().manual_seed(0))
+    ids[:, -6:] = model.config.pad_token_id  # right padding, as in every training batch
+    plain = model(input_ids=ids).logits
+    masked = right_padded_logits(model, ids)
+    assert torch.equal(plain, masked)
+    plain.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    masked.sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, model.parameters()))
