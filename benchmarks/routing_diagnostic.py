@@ -160,6 +160,8 @@ def main() -> None:
                         help="routing: rule links from the query to the answer (first-written antecedents)")
     parser.add_argument("--depth", type=int, default=2, help="routing: depth of the problems")
     parser.add_argument("--trace-depth", type=int, default=5, help="routing: depth of the --with-trace problems")
+    parser.add_argument("--rule-order", choices=["shuffled", "chain"], default="shuffled",
+                        help="routing: chain writes each chain's rules in proof order (docs/logic_format.md)")
     parser.add_argument("--position-init", choices=["learned", "sinusoidal"], default="learned",
                         help="start the position embeddings random (GPT-2's init) or sinusoidal")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -174,13 +176,14 @@ def main() -> None:
     prompt = query_first if args.query_first else (lambda p: p.removesuffix(" answer")) if args.end_at_query \
         else (lambda p: p)
     if args.task == "routing":
-        splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=args.depth, logop_share=0.5)
+        splits = generate_splits(0, {"train": args.train_size, "val": 1_000}, depth=args.depth, logop_share=0.5,
+                                 rule_order=args.rule_order)
         answer = lambda p: ancestor_path(p, args.hops).split()[0]  # noqa: E731
         texts = {name: ([prompt(p) for p in frame.prompt], [answer(p) for p in frame.prompt])
                  for name, frame in splits.items()}
         if args.with_trace:  # the same lookup (a variable -> its rule's antecedents), many per sequence
             deep = list(generate_splits(1, {"train": args.train_size // 2}, depth=args.trace_depth,
-                                        logop_share=0.5)["train"].prompt)
+                                        logop_share=0.5, rule_order=args.rule_order)["train"].prompt)
             traces = ([prompt(p) for p in deep], [trace_answer(args.hops)(p) for p in deep])
             texts["train"] = half_and_half(texts["train"], traces)
     else:
@@ -199,7 +202,7 @@ def main() -> None:
     config = {"task": args.task, "end_at_query": args.end_at_query, "query_first": args.query_first, "lr": args.lr,
               "queries": args.queries, "length": args.length, "train_size": args.train_size,
               "with_copy": args.with_copy, "with_trace": args.with_trace, "hops": args.hops, "depth": args.depth,
-              "trace_depth": args.trace_depth, "position_init": args.position_init}
+              "trace_depth": args.trace_depth, "position_init": args.position_init, "rule_order": args.rule_order}
     inner_answer_id = tokenizer.convert_tokens_to_ids("answer")
     for step in range(1, args.steps + 1):
         batch = stream[step - 1]
