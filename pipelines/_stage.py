@@ -26,6 +26,15 @@ def params(*keys: str, path: Path = ROOT / "params.yaml") -> Any:
     return node
 
 
+def logic_seeds() -> list[int]:
+    """``logic.seeds``: the models the per-seed stages train, evaluate and analyse."""
+    seeds = params("logic", "seeds")
+    if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds) \
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got {seeds!r}")
+    return seeds
+
+
 def seed_stage_args(description: str, **extra: str) -> argparse.Namespace:
     """The arguments of a per-seed stage: --seed, --data, --out, plus ``extra`` path options
     given as name=default."""

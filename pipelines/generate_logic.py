@@ -7,13 +7,14 @@ from pathlib import Path
 from modules.data.logic import generate_splits, generate_traces, write_splits, write_traces
 from modules.io import atomic_dir
 from modules.tracking.mlflow_tracking import data_hash, tracked_run
-from pipelines._stage import LOGIC_STUDY, params, run
+from pipelines._stage import LOGIC_STUDY, logic_seeds, params, run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="artifacts/logic/data")
     args = parser.parse_args()
+    logic_seeds()  # the first stage: a malformed seed list fails here, before any work
     config = params("logic", "data")
     traces = config["traces"]
     with tracked_run(LOGIC_STUDY, "generate", config):

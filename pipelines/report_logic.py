@@ -9,7 +9,7 @@ import pandas as pd
 
 from modules.analysis.logic_circuit_report import render_report
 from modules.io import atomic_dir
-from pipelines._stage import params, run
+from pipelines._stage import logic_seeds, params, run
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/logic")
     args = parser.parse_args()
     analysis, seeds, evaluation = Path(args.analysis), {}, {}
-    for seed in params("logic", "seeds"):
+    for seed in logic_seeds():
         folder = analysis / f"seed{seed}"
         if not (folder / "summary.json").is_file():
             raise FileNotFoundError(f"no analysis for seed {seed} at {folder}/summary.json; run analyze_logic first")

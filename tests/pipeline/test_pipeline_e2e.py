@@ -121,12 +121,18 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("data__traces", {"size": 10, "depth": 3, "seed": 7},
      "params.yaml logic.data.traces.depth must differ from logic.data.depth (3)"),
     ("data__traces", {"size": -1, "depth": 5, "seed": 7}, "params.yaml logic.data.traces.size must be an int >= 0"),
+    ("seeds", [], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got []"),
+    ("seeds", [0, 0], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got [0, 0]"),
+    ("seeds", ["a"], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got ['a']"),
 ])
 def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
     project, env, original = scratch_project
     params = yaml.safe_load(original)
-    section, name = key.split("__")
-    params["logic"][section][name] = value
+    *path, name = key.split("__")
+    node = params["logic"]
+    for section in path:
+        node = node[section]
+    node[name] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run(["python", "-m", "pipelines.generate_logic"], project, env, check=False)
     assert proc.returncode == 1
