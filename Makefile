@@ -42,8 +42,12 @@ ROUTING_PARAMS := -S logic.data.depth=2 -S logic.data.prompt_end=query -S logic.
   -S logic.data.traces.depth=5 -S logic.pairs.depth=2 -S logic.pairs.prompt_end=query \
   -S 'logic.activations.positions=[-2,-1]' -S logic.train.first_token_weight=1.0 \
   -S logic.train.max_steps=12000 -S logic.train.val_every=1000 -S logic.report.dir=reports/logic_routing
+# Named by its seeds (routing-depth2-s1-3 for [1,3]), so a later run with more seeds is a new
+# experiment; the seeds already trained in the workspace stay cached (logic.seeds).
+comma := ,
+ROUTING_NAME := routing-depth2-s$(subst $(comma),-,$(subst ],,$(subst [,,$(subst $() ,,$(SEEDS)))))
 routing: setup
-	dvc exp run -n routing-depth2 $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
+	dvc exp run -n $(ROUTING_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show
 
 test: setup
