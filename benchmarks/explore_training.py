@@ -36,7 +36,7 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
                 multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None,
-                trace_marker=False, rule_order="shuffled")
+                trace_marker=False, rule_order="shuffled", source_aux=0.0, source_aux_layer=2)
 
 
 def exact_per_problem(model, data, first_token_only: bool = False, batch_size: int = 2000) -> torch.Tensor:
@@ -98,6 +98,45 @@ def marked(prompt: str) -> str:
     return f"{head} answer {query} answer"
 
 
+def source_labels(tokens: list[str], n_rules: int) -> list[str | None]:
+    """Per position, what a rule's conclusion descends from: the linear chain's source letter, or the
+    LogOp chain's merge operator (`or`/`and`); None elsewhere, and everywhere in a prompt without
+    ``n_rules`` rules (a trace of another depth). With rules in proof order (`rule_order` "chain") each
+    label is computable from the prefix: one rule link per layer, as routing needs at the query."""
+    labels: list[str | None] = [None] * len(tokens)
+    if "facts" not in tokens:
+        return labels
+    rules, parent = [], {}  # (position of the conclusion, conclusion); conclusion -> (antecedents, operator)
+    start = tokens.index("rules") + 1
+    for end in (i for i in range(start, tokens.index("facts")) if tokens[i] == "."):
+        body = tokens[start:end]
+        antecedents = [t for t in body[:body.index(">")] if t not in ("or", "and")]
+        operator = next((t for t in body if t in ("or", "and")), None)
+        rules.append((end - 1, body[-1]))
+        parent[body[-1]] = (antecedents, operator)
+        start = end + 1
+    if len(rules) != n_rules:
+        return labels
+    for position, variable in rules:
+        while True:
+            antecedents, operator = parent[variable]
+            if operator or antecedents[0] not in parent:
+                labels[position] = operator or antecedents[0]
+                break
+            variable = antecedents[0]
+    return labels
+
+
+def source_targets(tokenizer, ids: torch.Tensor, n_rules: int) -> torch.Tensor:
+    """[batch, length] token ids of ``source_labels`` (-100 where there is none)."""
+    targets = torch.full_like(ids, -100)
+    for row, sequence in enumerate(ids.tolist()):
+        for position, label in enumerate(source_labels(tokenizer.convert_ids_to_tokens(sequence), n_rules)):
+            if label is not None:
+                targets[row, position] = tokenizer.convert_tokens_to_ids(label)
+    return targets
+
+
 def trace_set(seed: int, n: int, depth: int, every: int, rule_order: str = "shuffled"):
     """``n`` training (prompts, traces) of depth-``depth`` problems and 1,000 held-out (prompt, trace)
     pairs; the traces list every ``every``-th ancestor of the query (1: all antecedents, breadth first)."""
@@ -155,6 +194,8 @@ def main() -> None:
                      "inner answer to stop after its first token")
     if cfg["multi_query"] and cfg["backward_aux"]:  # trace prompts end `query W >`, not `answer`
         parser.error("multi_query and backward_aux do not combine: trace sequences have no `answer` to extend")
+    if cfg["source_aux"] and (cfg["rule_order"] != "chain" or cfg["query_first"] or cfg["multi_query"]):
+        parser.error("source_aux needs rule_order chain (labels computable from the prefix) and the plain prompt")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -229,8 +270,14 @@ def main() -> None:
     else:
         model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"])
     model = model.to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # a probe-like head trained beside the model, then dropped: it reads the residual stream after
+    # source_aux_layer blocks at each rule's conclusion and names what that conclusion descends from
+    source_head = torch.nn.Sequential(torch.nn.LayerNorm(model.config.n_embd),
+                                      torch.nn.Linear(model.config.n_embd, len(tokenizer))).to(device)
+    n_rules = splits["val"].prompt.iloc[0].split(" facts ")[0].count(" .")
+    parameters = list(model.parameters()) + (list(source_head.parameters()) if cfg["source_aux"] else [])
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg["lr"], betas=(0.9, cfg["beta2"]))
@@ -245,8 +292,18 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        loss = training_loss(right_padded_logits(model, ids)[:, :-1], batch, cfg["first_token_weight"],
-                             cfg["prompt_loss_weight"], inner_answer_id)
+        if cfg["source_aux"]:
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+            logits = out.logits
+            source_logits = source_head(out.hidden_states[cfg["source_aux_layer"]])
+            source_loss = torch.nn.functional.cross_entropy(
+                source_logits.flatten(0, 1), source_targets(tokenizer, batch.input_ids, n_rules).to(device).flatten())
+        else:
+            logits = right_padded_logits(model, ids)
+        loss = training_loss(logits[:, :-1], batch, cfg["first_token_weight"], cfg["prompt_loss_weight"],
+                             inner_answer_id)
+        if cfg["source_aux"]:
+            loss = loss + cfg["source_aux"] * source_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -262,7 +319,9 @@ def main() -> None:
             trace_metrics = {f"val_{name}_{metric}": value for name, data in val_traces.items()
                              for metric, value in zip(("exact", "first_token"), teacher_forced(model, data))}
             model.train()
+            source_metrics = {"source_loss": round(source_loss.item(), 4)} if cfg["source_aux"] else {}
             print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
+                              **source_metrics,
                               "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace_metrics,
                               "train_s": round(train_time, 1), "wall_s": round(time.perf_counter() - start, 1)}),
                   flush=True)
