@@ -24,6 +24,7 @@ import torch
 from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
+from modules.data.logic.syntax import parse_compact_prompt
 from modules.engine.adapters import ModelLoadError
 from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
@@ -104,26 +105,17 @@ def source_labels(tokens: list[str], n_rules: int) -> list[str | None]:
     ``n_rules`` rules (a trace of another depth). With rules in proof order (`rule_order` "chain") each
     label is computable from the prefix: one rule link per layer, as routing needs at the query."""
     labels: list[str | None] = [None] * len(tokens)
-    if "facts" not in tokens:
+    if "query" not in tokens:
         return labels
-    rules, parent = [], {}  # (position of the conclusion, conclusion); conclusion -> (antecedents, operator)
-    start = tokens.index("rules") + 1
-    for end in (i for i in range(start, tokens.index("facts")) if tokens[i] == "."):
-        body = tokens[start:end]
-        antecedents = [t for t in body[:body.index(">")] if t not in ("or", "and")]
-        operator = next((t for t in body if t in ("or", "and")), None)
-        rules.append((end - 1, body[-1]))
-        parent[body[-1]] = (antecedents, operator)
-        start = end + 1
-    if len(rules) != n_rules:
+    statement = parse_compact_prompt(" ".join(tokens[:tokens.index("query") + 2]))  # the answer may follow
+    if len(statement.rules) != n_rules:
         return labels
-    for position, variable in rules:
-        while True:
-            antecedents, operator = parent[variable]
-            if operator or antecedents[0] not in parent:
-                labels[position] = operator or antecedents[0]
-                break
-            variable = antecedents[0]
+    concluded = {rule.conclusion: rule for rule in statement.rules}
+    conclusions = [i + 1 for i, token in enumerate(tokens[:tokens.index("facts")]) if token == ">"]
+    for position, rule in zip(conclusions, statement.rules):
+        while not rule.op and rule.premises[0] in concluded:  # walk up to the merge or the source
+            rule = concluded[rule.premises[0]]
+        labels[position] = rule.op or rule.premises[0]
     return labels
 
 
