@@ -24,13 +24,13 @@ import torch
 from benchmarks.routing_diagnostic import query_first, trace_answer, variables
 from modules.data.logic.dataset import generate_splits
 from modules.data.logic.solver import solve_compact
-from modules.data.logic.syntax import parse_compact_prompt
 from modules.engine.adapters import ModelLoadError
 from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
-from modules.models.decoding import right_padded_logits, teacher_forced_exact_match
-from modules.training.sequences import BatchStream, encode, training_loss
+from modules.models.decoding import right_padded_outputs, teacher_forced_exact_match
+from modules.training.sequences import (BatchStream, conclusion_source_targets, encode, source_loss,
+                                       training_loss)
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
@@ -99,34 +99,10 @@ def marked(prompt: str) -> str:
     return f"{head} answer {query} answer"
 
 
-def source_labels(tokens: list[str], n_rules: int) -> list[str | None]:
-    """Per position, what a rule's conclusion descends from: the linear chain's source letter, or the
-    LogOp chain's merge operator (`or`/`and`); None elsewhere, and everywhere in a prompt without
-    ``n_rules`` rules (a trace of another depth). With rules in proof order (`rule_order` "chain") each
-    label is computable from the prefix: one rule link per layer, as routing needs at the query."""
-    labels: list[str | None] = [None] * len(tokens)
-    if "query" not in tokens:
-        return labels
-    statement = parse_compact_prompt(" ".join(tokens[:tokens.index("query") + 2]))  # the answer may follow
-    if len(statement.rules) != n_rules:
-        return labels
-    concluded = {rule.conclusion: rule for rule in statement.rules}
-    conclusions = [i + 1 for i, token in enumerate(tokens[:tokens.index("facts")]) if token == ">"]
-    for position, rule in zip(conclusions, statement.rules):
-        while not rule.op and rule.premises[0] in concluded:  # walk up to the merge or the source
-            rule = concluded[rule.premises[0]]
-        labels[position] = rule.op or rule.premises[0]
-    return labels
-
-
-def source_targets(tokenizer, ids: torch.Tensor, n_rules: int) -> torch.Tensor:
-    """[batch, length] token ids of ``source_labels`` (-100 where there is none)."""
-    targets = torch.full_like(ids, -100)
-    for row, sequence in enumerate(ids.tolist()):
-        for position, label in enumerate(source_labels(tokenizer.convert_ids_to_tokens(sequence), n_rules)):
-            if label is not None:
-                targets[row, position] = tokenizer.convert_tokens_to_ids(label)
-    return targets
+def labelled(prompt: str, n_rules: int) -> bool:
+    """Whether a training prompt gets conclusion-source targets: a task prompt, not a trace of another
+    depth (whose deeper labels no early layer can hold) nor a marked trace (no query)."""
+    return " query " in prompt and prompt.split(" facts ")[0].count(">") == n_rules
 
 
 def trace_set(seed: int, n: int, depth: int, every: int, rule_order: str = "shuffled"):
@@ -246,7 +222,13 @@ def main() -> None:
             prompt = prompt.removesuffix(" answer")
         return prompt
 
-    train = encode(tokenizer, [shaped(p) for p in prompts], answers)
+    train_prompts = [shaped(p) for p in prompts]
+    train = encode(tokenizer, train_prompts, answers)
+    if cfg["source_aux"]:
+        n_rules = splits["val"].prompt.iloc[0].split(" facts ")[0].count(">")
+        train.source_targets = conclusion_source_targets(tokenizer, train_prompts,
+                                                         [labelled(p, n_rules) for p in prompts],
+                                                         train.input_ids.shape[1])
     to_device = lambda d: type(d)(*(t.to(device) for t in (d.input_ids, d.prompt_lengths, d.lengths)))  # noqa: E731
     val = to_device(encode(tokenizer, [shaped(p) for p in splits["val"].prompt], list(splits["val"].answer)))
     val_traces = {name: to_device(encode(tokenizer, [shaped(p) for p, _ in pairs], [t for _, t in pairs]))
@@ -265,9 +247,9 @@ def main() -> None:
     # a probe-like head trained beside the model, then dropped: it reads the residual stream after
     # source_aux_layer blocks at each rule's conclusion and names what that conclusion descends from
     source_head = torch.nn.Sequential(torch.nn.LayerNorm(model.config.n_embd),
-                                      torch.nn.Linear(model.config.n_embd, len(tokenizer))).to(device)
-    n_rules = splits["val"].prompt.iloc[0].split(" facts ")[0].count(" .")
-    parameters = list(model.parameters()) + (list(source_head.parameters()) if cfg["source_aux"] else [])
+                                      torch.nn.Linear(model.config.n_embd, len(tokenizer))).to(device) \
+        if cfg["source_aux"] else torch.nn.Identity()
+    parameters = list(model.parameters()) + list(source_head.parameters())
     decay = [p for p in parameters if p.dim() >= 2]
     no_decay = [p for p in parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -284,18 +266,12 @@ def main() -> None:
         tic = time.perf_counter()
         batch = stream[step - 1]
         ids = batch.input_ids.to(device)
-        if cfg["source_aux"]:
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
-            logits = out.logits
-            source_logits = source_head(out.hidden_states[cfg["source_aux_layer"]])
-            source_loss = torch.nn.functional.cross_entropy(
-                source_logits.flatten(0, 1), source_targets(tokenizer, batch.input_ids, n_rules).to(device).flatten())
-        else:
-            logits = right_padded_logits(model, ids)
-        loss = training_loss(logits[:, :-1], batch, cfg["first_token_weight"], cfg["prompt_loss_weight"],
+        outputs = right_padded_outputs(model, ids, hidden_states=bool(cfg["source_aux"]))
+        loss = training_loss(outputs.logits[:, :-1], batch, cfg["first_token_weight"], cfg["prompt_loss_weight"],
                              inner_answer_id)
         if cfg["source_aux"]:
-            loss = loss + cfg["source_aux"] * source_loss
+            aux = source_loss(source_head(outputs.hidden_states[cfg["source_aux_layer"]]), batch.source_targets)
+            loss = loss + cfg["source_aux"] * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -311,7 +287,7 @@ def main() -> None:
             trace_metrics = {f"val_{name}_{metric}": value for name, data in val_traces.items()
                              for metric, value in zip(("exact", "first_token"), teacher_forced(model, data))}
             model.train()
-            source_metrics = {"source_loss": round(source_loss.item(), 4)} if cfg["source_aux"] else {}
+            source_metrics = {"source_loss": round(aux.item(), 4)} if cfg["source_aux"] else {}
             print(json.dumps({"config": json.loads(args.config), "step": step, "loss": round(loss.item(), 4),
                               **source_metrics,
                               "val_exact": exact, "val_first_token": first, "train_exact": train_exact, **trace_metrics,

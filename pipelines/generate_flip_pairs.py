@@ -27,7 +27,8 @@ def main() -> None:
     with tracked_run(LOGIC_STUDY, args.run_name, config, data_paths=[args.exclude] if args.exclude else []):
         try:
             pairs = generate_flip_pairs(config["seed"], config["n_pairs"], depth=config["depth"], k=config["shots"],
-                                        exclude=exclude, prompt_end=config.get("prompt_end", "answer"))
+                                        exclude=exclude, prompt_end=config.get("prompt_end", "answer"),
+                                        rule_order=config.get("rule_order", "shuffled"))
         except ValueError as error:  # the data module names the key; say where it lives
             raise ValueError(f"params.yaml {args.section}: {error}") from None
         with atomic_dir(args.out) as tmp:

@@ -23,7 +23,8 @@ def main() -> None:
         start = time.perf_counter()
         try:
             frames = generate_splits(config["seed"], dict(config["sizes"]), config["depth"],
-                                     config["logop_share"], config["operators"], prompt_end=config["prompt_end"])
+                                     config["logop_share"], config["operators"], prompt_end=config["prompt_end"],
+                                     rule_order=config["rule_order"])
         except ValueError as error:  # the data module names the key; say where it lives
             raise ValueError(f"params.yaml logic.data.{error}") from None
         try:
@@ -31,7 +32,7 @@ def main() -> None:
                 raise ValueError(f"depth must differ from logic.data.depth ({config['depth']}): a trace prompt "
                                  "would read as a task prompt")
             trace_frame = generate_traces(traces["seed"], traces["size"], traces["depth"], config["logop_share"],
-                                          config["operators"], config["prompt_end"])
+                                          config["operators"], config["prompt_end"], rule_order=config["rule_order"])
         except ValueError as error:
             raise ValueError(f"params.yaml logic.data.traces.{error}") from None
         with atomic_dir(args.out) as tmp:

@@ -23,10 +23,11 @@ def main() -> None:
     data = params("logic", "data")
     with_traces = data["traces"]["size"] > 0
     config = {**params("logic", "validation"), "logop_share": data["logop_share"], "operators": data["operators"],
-              "depth": data["depth"], "prompt_end": data["prompt_end"],
+              "depth": data["depth"], "prompt_end": data["prompt_end"], "rule_order": data["rule_order"],
               "trace_depth": data["traces"]["depth"] if with_traces else None}
     # the frozen benchmark keeps the depth and prompt ending it was written with
-    benchmark = {**config, "depth": params("logic", "benchmark", "depth"), "prompt_end": "answer", "trace_depth": None}
+    benchmark = {**config, "depth": params("logic", "benchmark", "depth"), "prompt_end": "answer", "trace_depth": None,
+                 "rule_order": "shuffled"}
     splits = {split: Path(args.data) / f"{split}.parquet" for split in data["sizes"]}
     splits["benchmark"] = Path(args.benchmark)
     traces = Path(args.data) / "traces.parquet" if with_traces else None

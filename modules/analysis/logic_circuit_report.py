@@ -38,8 +38,9 @@ def data_sentence(data: Mapping) -> str:
     traces = data.get("traces") or {}
     extra = (f", and {traces['size']:,} depth-{traces['depth']} trace sequences (a problem answered by its "
              "query's antecedents, breadth first) beside them" if traces.get("size") else "")
-    return (f"Training data: {data['sizes']['train']:,} depth-{data['depth']} problems whose prompts end {end}"
-            f"{extra}. The analyses run on held-out depth-{data['depth']} problems.")
+    order = ", each chain's rules written in proof order," if data.get("rule_order") == "chain" else ""
+    return (f"Training data: {data['sizes']['train']:,} depth-{data['depth']} problems{order} whose prompts end "
+            f"{end}{extra}. The analyses run on held-out depth-{data['depth']} problems.")
 
 
 def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping], figures_dir: str = "figures",

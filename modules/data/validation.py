@@ -24,7 +24,8 @@ import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from modules.data.logic.syntax import PROMPT_ENDS  # noqa: E402
+from modules.data.logic.generator import RULE_ORDERS  # noqa: E402
+from modules.data.logic.syntax import PROMPT_ENDS, parse_compact_prompt  # noqa: E402
 from modules.io import replace_dir, write_json  # noqa: E402
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
@@ -60,6 +61,7 @@ class ValidationParams:
     tolerance: float = 0.05       # allowed absolute deviation of every share
     prompt_end: str = "answer"    # compact prompts end with `answer`, or at the query variable ("query")
     trace_depth: int | None = None  # the depth of the trace sequences, when there are any
+    rule_order: str = "shuffled"  # "chain": every rule's premises are concluded by rules written before it
 
     def __post_init__(self):
         if not _is_number(self.logop_share) or not 0.0 <= self.logop_share <= 1.0:
@@ -74,6 +76,8 @@ class ValidationParams:
             raise ValueError(f"depth must be a positive int or a list of them, got {list(self.depths)}")
         if self.prompt_end not in PROMPT_ENDS:
             raise ValueError(f"prompt_end must be one of {list(PROMPT_ENDS)}, got {self.prompt_end!r}")
+        if self.rule_order not in RULE_ORDERS:
+            raise ValueError(f"rule_order must be one of {list(RULE_ORDERS)}, got {self.rule_order!r}")
         if self.trace_depth is not None and (isinstance(self.trace_depth, bool) or not isinstance(
                 self.trace_depth, int) or self.trace_depth in self.depths):
             raise ValueError(f"trace_depth must be an int other than the task's depth {list(self.depths)}, "
@@ -81,16 +85,17 @@ class ValidationParams:
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> "ValidationParams":
-        """From {logop_share, operators, depth, tolerance?, prompt_end?, trace_depth?}; depth is an
-        int or a list."""
-        optional = {"tolerance", "prompt_end", "trace_depth"}
+        """From {logop_share, operators, depth, tolerance?, prompt_end?, trace_depth?, rule_order?};
+        depth is an int or a list."""
+        optional = {"tolerance", "prompt_end", "trace_depth", "rule_order"}
         missing = {"logop_share", "operators", "depth"} - set(params)
         unknown = set(params) - {"logop_share", "operators", "depth", *optional}
         if missing or unknown:
             raise ValueError(f"params must have keys logop_share, operators, depth and optionally "
                              f"{', '.join(sorted(optional))}; missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(params["logop_share"], _distinct(params["operators"]), _distinct(params["depth"]),
-                   params.get("tolerance", 0.05), params.get("prompt_end", "answer"), params.get("trace_depth"))
+                   params.get("tolerance", 0.05), params.get("prompt_end", "answer"), params.get("trace_depth"),
+                   params.get("rule_order", "shuffled"))
 
 
 def _is_number(value: Any) -> bool:
@@ -189,6 +194,7 @@ def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expecta
         gxe.ExpectColumnValuesToBeInSet(
             column="prompt_end_ok", value_set=[True],
             notes=f"every compact prompt ends {_END_NOTES[params.prompt_end]}"),
+        *_rule_order_expectations(params),
     ]
     for op in params.operators:
         checks.append(gxe.ExpectColumnMeanToBeBetween(
@@ -211,6 +217,25 @@ def cross_split_expectations() -> dict[str, list[gxe.Expectation]]:
     }
 
 
+def _rule_order_expectations(params: ValidationParams) -> list[gxe.Expectation]:
+    """Rules in proof order, when the data says so (a shuffle may be in proof order by chance, so
+    "shuffled" asks nothing)."""
+    if params.rule_order != "chain":
+        return []
+    return [gxe.ExpectColumnValuesToBeInSet(
+        column="in_proof_order", value_set=[True],
+        notes="every rule's premises are concluded by rules written before it (rule_order: chain)")]
+
+
+def _in_proof_order(prompt: object) -> bool:
+    try:
+        rules = parse_compact_prompt(prompt).rules
+    except (ValueError, AttributeError):
+        return False
+    concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
+    return all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises)
+
+
 _END_NOTES = {"answer": "with `query Q answer`", "query": "at the query variable: `query Q`"}
 
 
@@ -221,7 +246,7 @@ def _ends_as(prompt: object, end: str) -> bool:
 
 
 def check_columns(params: ValidationParams) -> list[str]:
-    return ["solver_answer", "solver_derivable", "prompt_end_ok", "is_logop_query",
+    return ["solver_answer", "solver_derivable", "prompt_end_ok", "in_proof_order", "is_logop_query",
             *(f"is_op_{op}" for op in params.operators), *(f"is_depth_{d}" for d in params.depths)]
 
 
@@ -237,6 +262,7 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
     out["solver_answer"] = prompts.map({p: a for p, (a, _) in solved.items()}).astype(object)
     out["solver_derivable"] = prompts.map({p: d for p, (_, d) in solved.items()}).astype(object)
     out["prompt_end_ok"] = prompts.map(lambda p: _ends_as(p, params.prompt_end))
+    out["in_proof_order"] = prompts.map(_in_proof_order)
 
     def indicator(column: str, value: Any) -> pd.Series:
         if column not in frame:
@@ -253,7 +279,7 @@ def with_check_columns(frame: pd.DataFrame, params: ValidationParams) -> pd.Data
 
 def trace_expectations(params: ValidationParams) -> list[gxe.Expectation]:
     """Expectations for the trace sequences, run on the frame from `with_trace_check_columns`."""
-    checks = _schema_expectations(TRACE_COLUMNS, ["solver_trace", "prompt_end_ok"], "trace")
+    checks = _schema_expectations(TRACE_COLUMNS, ["solver_trace", "prompt_end_ok", "in_proof_order"], "trace")
     checks += [
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToBeInSet(column="depth", value_set=[params.trace_depth],
@@ -265,6 +291,7 @@ def trace_expectations(params: ValidationParams) -> list[gxe.Expectation]:
             notes="solver_trace: the query's antecedents breadth first, re-derived from the prompt text"),
         gxe.ExpectColumnValuesToBeInSet(column="prompt_end_ok", value_set=[True],
                                         notes=f"every compact prompt ends {_END_NOTES[params.prompt_end]}"),
+        *_rule_order_expectations(params),
     ]
     return checks
 
@@ -274,6 +301,7 @@ def with_trace_check_columns(frame: pd.DataFrame, params: ValidationParams) -> p
     prompts = frame["prompt"] if "prompt" in frame else pd.Series(None, index=frame.index, dtype=object)
     out["solver_trace"] = prompts.map(lambda p: _solve(p, trace=True)[0]).astype(object)
     out["prompt_end_ok"] = prompts.map(lambda p: _ends_as(p, params.prompt_end))
+    out["in_proof_order"] = prompts.map(_in_proof_order)
     return out
 
 

@@ -43,7 +43,13 @@ def right_padded_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits of right-padded sequences. Causal attention keeps the padding out of every earlier
     position, so the all-ones mask changes nothing (bit for bit); it tells transformers so, which
     stops its padding warning."""
-    return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+    return right_padded_outputs(model, input_ids).logits
+
+
+def right_padded_outputs(model, input_ids: torch.Tensor, hidden_states: bool = False):
+    """The model's outputs on right-padded sequences (see ``right_padded_logits``), with every
+    layer's residual stream when ``hidden_states``."""
+    return model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=hidden_states)
 
 
 @torch.inference_mode()

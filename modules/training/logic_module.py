@@ -1,5 +1,7 @@
 """LightningModule that trains the small logic model on answer tokens (the first one weighted), plus
-an optional auxiliary loss on the prompt tokens.
+optional auxiliary losses: next-token on the prompt, and ``source_aux``, a head on the residual stream
+after layer ``source_aux_layer`` that names what each rule's conclusion descends from (the batch's
+``source_targets``). The head is dropped with the module; the saved model is the plain GPT-2.
 
 Validation measures greedy-decoding exact match of the whole proof (through <eos>), computed in
 one teacher-forced pass (the same number; see ``teacher_forced_exact_match``).
@@ -9,23 +11,34 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from modules.models.decoding import right_padded_logits, teacher_forced_exact_match
+from modules.models.decoding import right_padded_outputs, teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, training_loss
+from modules.training.sequences import EncodedSequences, source_loss, training_loss
 
 
 class LogicLM(pl.LightningModule):
     def __init__(self, n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_positions: int = 128,
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01,
                  warmup_frac: float = 0.1, beta2: float = 0.98, max_steps: int = 1000,
-                 first_token_weight: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0):
+                 first_token_weight: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0,
+                 source_aux: float = 0.0, source_aux_layer: int = 2):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
+        if source_aux:
+            self.source_head = torch.nn.Sequential(torch.nn.LayerNorm(n_embd),
+                                                   torch.nn.Linear(n_embd, self.model.config.vocab_size))
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
-        logits = right_padded_logits(self.model, batch.input_ids)[:, :-1]
-        loss = training_loss(logits, batch, self.hparams.first_token_weight, self.hparams.prompt_loss_weight)
+        hp = self.hparams
+        outputs = right_padded_outputs(self.model, batch.input_ids, hidden_states=bool(hp.source_aux))
+        loss = training_loss(outputs.logits[:, :-1], batch, hp.first_token_weight, hp.prompt_loss_weight)
+        if hp.source_aux:
+            if batch.source_targets is None:
+                raise ValueError("train.source_aux needs source targets in the training batches")
+            aux = source_loss(self.source_head(outputs.hidden_states[hp.source_aux_layer]), batch.source_targets)
+            self.log("train_source_loss", aux, batch_size=len(batch))
+            loss = loss + hp.source_aux * aux
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 

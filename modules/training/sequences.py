@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from modules.data.logic.labels import conclusion_sources
 from modules.models.decoding import answer_targets
 
 
@@ -18,6 +19,7 @@ class EncodedSequences:
     input_ids: torch.Tensor      # [n, max_len] right-padded with the pad id
     prompt_lengths: torch.Tensor  # [n] tokens before the first answer token
     lengths: torch.Tensor         # [n] prompt + answer + eos
+    source_targets: torch.Tensor | None = None  # [n, max_len] auxiliary targets, -100 where none
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -43,6 +45,28 @@ def encode(tokenizer, prompts: list[str], answers: list[str]) -> EncodedSequence
     for i, row in enumerate(rows):
         input_ids[i, : len(row)] = torch.tensor(row)
     return EncodedSequences(input_ids, torch.tensor(prompt_lengths), lengths)
+
+
+def conclusion_source_targets(tokenizer, prompts: list[str], labelled: list[bool], width: int) -> torch.Tensor:
+    """[n, width] vocabulary ids of ``conclusion_sources`` at the words of each ``labelled`` prompt
+    (words and tokens correspond one to one), -100 everywhere else."""
+    vocab = tokenizer.get_vocab()
+    targets = torch.full((len(prompts), width), -100, dtype=torch.long)
+    for row, (prompt, keep) in enumerate(zip(prompts, labelled, strict=True)):
+        if keep:
+            for position, label in enumerate(conclusion_sources(prompt)):
+                if label is not None:
+                    targets[row, position] = vocab[label]
+    return targets
+
+
+def source_loss(source_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``source_logits`` [n, len, vocab] over the labelled positions of
+    ``targets`` [n, len]; zero (with a gradient) for a batch without any."""
+    targets = targets.to(source_logits.device)
+    if not bool((targets != -100).any()):
+        return source_logits.sum() * 0.0
+    return F.cross_entropy(source_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
@@ -102,7 +126,9 @@ def training_loss(logits: torch.Tensor, batch: EncodedSequences, first_token_wei
 
 def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:
     lengths = data.lengths[index]
-    return EncodedSequences(data.input_ids[index, : int(lengths.max())], data.prompt_lengths[index], lengths)
+    width = int(lengths.max())
+    targets = None if data.source_targets is None else data.source_targets[index, :width]
+    return EncodedSequences(data.input_ids[index, :width], data.prompt_lengths[index], lengths, targets)
 
 
 class BatchStream(torch.utils.data.Dataset):

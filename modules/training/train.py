@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from modules.models.logic_model import save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.training.logic_module import LogicLM
-from modules.training.sequences import BatchStream, EncodedSequences, OrderedBatches, collate_single, encode
+from modules.training.sequences import (BatchStream, EncodedSequences, OrderedBatches, collate_single,
+                                       conclusion_source_targets, encode)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class TrainConfig:
     beta2: float = 0.98
     first_token_weight: float = 1.0
     prompt_loss_weight: float = 0.0
+    source_aux: float = 0.0  # weight of the conclusion-source head's loss (LogicLM); 0 = no head
+    source_aux_layer: int = 2  # the residual stream it reads: after this many blocks
     balance_query_chains: bool = False
     batch_size: int = 128
     max_steps: int = 6000
@@ -49,6 +52,7 @@ class TrainConfig:
     RANGES = {"n_layer": (1, 48), "n_head": (1, 64), "n_embd": (3, 4096), "lr": (1e-6, 1.0),
               "weight_decay": (0.0, 10.0), "warmup_frac": (0.0, 0.9), "beta2": (0.5, 0.99999),
               "first_token_weight": (0.0, 100.0), "prompt_loss_weight": (0.0, 100.0),
+              "source_aux": (0.0, 100.0), "source_aux_layer": (1, 48),
               "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
               "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
               "dropout": (0.0, 0.99), "threads": (0, 1024)}
@@ -67,6 +71,9 @@ class TrainConfig:
         for key in ("stop_on_perfect", "balance_query_chains"):
             if not isinstance(getattr(config, key), bool):
                 raise ValueError(f"train.{key} must be true or false, got {getattr(config, key)!r}")
+        if isinstance(config.source_aux_layer, float) or config.source_aux_layer > config.n_layer:
+            raise ValueError(f"train.source_aux_layer must be an int in [1, train.n_layer={config.n_layer}], "
+                             f"got {config.source_aux_layer!r}")
         if config.n_embd % config.n_head:
             raise ValueError(f"train.n_embd ({config.n_embd}) must be divisible by train.n_head ({config.n_head})")
         return config
@@ -183,8 +190,9 @@ def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val
     digest = hashlib.sha256()
     settings = {k: v for k, v in config.as_dict().items() if k != "threads"}
     digest.update(json.dumps({"config": settings, "seed": seed}, sort_keys=True, default=str).encode())
-    for tensor in (train.input_ids, train.prompt_lengths, val.input_ids, val.prompt_lengths):
-        digest.update(tensor.numpy().tobytes())
+    for tensor in (train.input_ids, train.prompt_lengths, train.source_targets, val.input_ids, val.prompt_lengths):
+        if tensor is not None:
+            digest.update(tensor.numpy().tobytes())
     code = Path(__file__).resolve().parents[1]
     for source in sorted([*code.glob("training/*.py"), *code.glob("models/*.py")]):
         digest.update(source.read_bytes())
@@ -223,13 +231,19 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     if config.balance_query_chains:
         train_frame = balance_query_chains(train_frame)
     train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)
+    if config.source_aux:  # label the task's problems; traces of another depth have chains too long
+        task_depth = int(val_frame["depth"].iloc[0])
+        train.source_targets = conclusion_source_targets(tokenizer, train_frame["prompt"].tolist(),
+                                                         (train_frame["depth"] == task_depth).tolist(),
+                                                         train.input_ids.shape[1])
     n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
     module = LogicLM(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
                      n_positions=n_positions, dropout=config.dropout, lr=config.lr,
                      weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
                      max_steps=config.max_steps,
                      first_token_weight=config.first_token_weight,
-                     prompt_loss_weight=config.prompt_loss_weight, seed=seed)
+                     prompt_loss_weight=config.prompt_loss_weight, seed=seed,
+                     source_aux=config.source_aux, source_aux_layer=config.source_aux_layer)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed)

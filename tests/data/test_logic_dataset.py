@@ -262,5 +262,6 @@ def test_training_rows_append_the_traces(frames, tmp_path):
     write_traces(traces, tmp_path / "traces.parquet")
     rows = read_training_rows(tmp_path)
     assert training_files(tmp_path)[-1] == tmp_path / "traces.parquet"
-    assert rows.columns.tolist() == ["prompt", "answer", "query_chain"]
+    assert rows.columns.tolist() == ["prompt", "answer", "query_chain", "depth"]
+    assert rows.depth.tolist() == [3] * len(frames["train"]) + [5] * 40
     assert rows.answer.tolist() == frames["train"].answer.tolist() + traces.answer.tolist()

@@ -177,6 +177,7 @@ def test_missing_column_fails_schema_check(tmp_path, frames):
     ({**PARAMS, "tolerence": 0.1}, r"unknown \['tolerence'\]"),
     ({**PARAMS, "prompt_end": "middle"}, r"prompt_end must be one of \['answer', 'query'\]"),
     ({**PARAMS, "trace_depth": 3}, r"trace_depth must be an int other than the task's depth \[3\], got 3"),
+    ({**PARAMS, "rule_order": "sorted"}, r"rule_order must be one of \['shuffled', 'chain'\], got 'sorted'"),
 ])
 def test_bad_params_raise_one_line_error(tmp_path, params, message):
     with pytest.raises(ValueError, match=message):
@@ -217,6 +218,27 @@ def test_prompt_ending_other_than_configured_fails_its_check(tmp_path, frames):
     ended = {name: frame.assign(prompt=frame.prompt.str.removesuffix(" answer")) for name, frame in frames.items()}
     report = validate_logic_splits(write(tmp_path / "q", ended), {**PARAMS, "prompt_end": "query"}, tmp_path / "d2")
     assert report.success, [str(o) for o in report.failures()]
+
+
+def test_rules_out_of_proof_order_fail_the_chain_order_check(tmp_path):
+    params = {**PARAMS, "rule_order": "chain", "trace_depth": 5}
+    chained = generate_splits(0, SIZES, depth=3, rule_order="chain")
+    traces = generate_traces(3, 40, depth=5, rule_order="chain")
+    report = validate_logic_splits(write(tmp_path, chained), params, tmp_path / "docs",
+                                   traces=write_traces(traces, tmp_path / "traces.parquet"))
+    assert report.success, [str(o) for o in report.failures()]
+    order_check = "expect_column_values_to_be_in_set(in_proof_order)"
+    swapped = chained["val"].copy()  # one prompt's rules written last to first: each before its premises' rules
+    rules, rest = swapped.loc[0, "prompt"].split(" facts ")
+    reversed_rules = " . ".join(reversed(rules.removeprefix("rules ").removesuffix(" .").split(" . ")))
+    swapped.loc[0, "prompt"] = f"rules {reversed_rules} . facts {rest}"
+    wrong_traces = traces.assign(prompt=generate_traces(3, 40, depth=5).prompt)  # shuffled rules
+    wrong_traces["answer"] = [trace_compact(p) for p in wrong_traces.prompt]
+    report = validate_logic_splits(write(tmp_path / "w", chained, val=swapped), params, tmp_path / "d2",
+                                   traces=write_traces(wrong_traces, tmp_path / "wrong.parquet"))
+    assert failing(report) == {("val", order_check), ("traces", order_check)}
+    assert validate_logic_splits(write(tmp_path / "s", chained), {**PARAMS, "rule_order": "shuffled"},
+                                 tmp_path / "d3").success  # shuffled asks nothing of the order
 
 
 TRACE_CHECK = "expect_column_pair_values_to_be_equal(answer, solver_trace)"

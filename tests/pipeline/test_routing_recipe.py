@@ -1,6 +1,6 @@
-"""The routing recipe (`make routing`) end to end: the Makefile's own overrides, as a DVC experiment of
-the tiny pipeline. Prompts stop at the query variable, trace sequences join the training rows, and
-every later stage reads the data that way."""
+"""The routing recipes (`make routing`, `make depth3`) end to end: the Makefile's own overrides, as DVC
+experiments of the tiny pipeline. Prompts stop at the query variable, trace sequences or the
+conclusion-source head join the training, and every later stage reads the data that way."""
 import json
 import re
 import shlex
@@ -8,7 +8,9 @@ import shlex
 import mlflow
 import pandas as pd
 
-from modules.data.logic import read_traces, trace_compact
+from safetensors.torch import load_file
+
+from modules.data.logic import parse_compact_prompt, read_traces, trace_compact
 from modules.engine.activation_cache import ActivationCache
 from tests.pipeline.conftest import ROOT, make_project, run
 
@@ -16,13 +18,17 @@ TINY = {"logic.data.traces.size": "150", "logic.train.max_steps": "8", "logic.tr
         "logic.seeds": "[0]"}
 
 
-def routing_overrides() -> list[str]:
-    """The `-S key=value` pairs of the Makefile's ROUTING_PARAMS, with TINY's sizes."""
+def makefile_overrides(variable: str, **tiny: str) -> list[str]:
+    """The `-S key=value` pairs of one of the Makefile's recipes, with tiny sizes."""
     text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    flags = shlex.split(re.search(r"^ROUTING_PARAMS := (.*)$", text, re.M).group(1))
+    flags = shlex.split(re.search(rf"^{variable} := (.*)$", text, re.M).group(1))
     pairs = dict(flag.split("=", 1) for flag in flags if flag != "-S")
-    assert pairs["logic.data.prompt_end"] == "query" and pairs["logic.data.depth"] == "2"
-    return [arg for key, value in {**pairs, **TINY}.items() for arg in ("-S", f"{key}={value}")]
+    assert pairs["logic.data.prompt_end"] == "query"
+    return [arg for key, value in {**pairs, **tiny}.items() for arg in ("-S", f"{key}={value}")]
+
+
+def routing_overrides() -> list[str]:
+    return makefile_overrides("ROUTING_PARAMS", **TINY)
 
 
 def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_path):
@@ -56,3 +62,31 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
     assert "150 depth-5 trace sequences" in report and train.info.run_id != summary["mlflow_run_id"]
     assert summary["mlflow_run_id"] in report
     assert report.count("not applicable: the last position is the query") == 2  # the two attention rows
+
+
+def test_depth3_experiment_writes_rules_in_proof_order_and_trains_the_source_head(tmp_path):
+    project, env = make_project(tmp_path)
+    overrides = makefile_overrides("DEPTH3_PARAMS", **{"logic.data.sizes.train": "400", **TINY,
+                                                       "logic.data.traces.size": "0",  # none in this recipe
+                                                       "logic.train.max_steps": "50",  # one logged step
+                                                       "logic.train.val_every": "25"})
+    result = run(["dvc", "exp", "run", "-n", "depth3-tiny", *overrides], project, env, timeout=900)
+    assert "Running stage 'report_logic'" in result.stdout
+    data = project / "artifacts/logic/data"
+    test = pd.read_parquet(data / "test.parquet")
+    pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
+    for prompt in [*test.prompt, *pairs.prompt_logop]:
+        rules = parse_compact_prompt(prompt).rules
+        concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
+        assert all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises), prompt
+    assert (test.depth == 3).all() and test.prompt.str.match(r".* query [A-Z]$").all()
+    validation = json.loads((project / "artifacts/logic/validation.json").read_text())
+    assert validation["success"] and validation["splits"]["benchmark"]["success"]  # the frozen set: shuffled
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    train = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
+    assert float(train.data.params["source_aux"]) == 1.0 and "train_source_loss" in train.data.metrics
+    model_keys = set(load_file(project / "artifacts/logic/models/seed0/model.safetensors"))
+    assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
+    report = (project / "reports/logic_depth3/README.md").read_text()
+    assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report

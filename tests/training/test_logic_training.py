@@ -85,6 +85,37 @@ def test_evaluation_breakdown_counts_every_problem(small_splits, tmp_path):
         assert row.ci_low <= row.exact_match <= row.ci_high
 
 
+def test_the_source_head_trains_on_the_task_rows_and_is_left_out_of_the_model(tmp_path):
+    import pandas as pd
+    from modules.data.logic import generate_splits, generate_traces
+    from modules.models.logic_tokenizer import build_logic_tokenizer
+    from modules.training.sequences import source_loss
+    from modules.training.train import encode_frame
+    splits = generate_splits(seed=7, sizes={"train": 600, "val": 120}, depth=3, prompt_end="query", rule_order="chain")
+    traces = generate_traces(1, 200, 5, prompt_end="query", rule_order="chain")
+    train = pd.concat([splits["train"], traces], ignore_index=True)
+    config = TrainConfig.from_params({**TINY, "max_steps": 30, "val_every": 15, "lr": 1e-2, "source_aux": 1.0})
+    first = train_logic_model(train, splits["val"], config, seed=3)
+    second = train_logic_model(train, splits["val"], config, seed=3)
+    for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values()):
+        assert torch.equal(a, b)
+    # the head reads the residual stream after layer 2 and has learned something there
+    tokenizer = build_logic_tokenizer()
+    batch = encode_frame(tokenizer, splits["val"])
+    from modules.training.sequences import conclusion_source_targets
+    targets = conclusion_source_targets(tokenizer, list(splits["val"].prompt), [True] * 120, batch.input_ids.shape[1])
+    module = first.module.eval()
+    untrained = type(module)(**{**module.hparams, "seed": 99}).eval()
+    with torch.no_grad():
+        losses = [source_loss(m.source_head(m.model(batch.input_ids, output_hidden_states=True).hidden_states[2]),
+                              targets).item() for m in (module, untrained)]
+    assert losses[0] < losses[1] - 0.5, losses
+    assert (targets != -100).sum() == 4 * 120  # one label per rule, every val problem
+    export_model(module, tmp_path / "model")
+    plain = train_logic_model(splits["train"], splits["val"], replace(config, source_aux=0.0, max_steps=2), seed=3)
+    assert set(load_checkpoint(tmp_path / "model")[0].state_dict()) == set(plain.module.model.state_dict())
+
+
 def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
     from modules.training.train import balance_query_chains
     train = small_splits["train"]
@@ -101,6 +132,9 @@ def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
     ("batch_size", 0, r"train.batch_size must be a number in"),
     ("n_embd", 32, r"train.n_embd \(32\) must be divisible by train.n_head \(3\)"),
     ("bogus", 1, r"train: unknown key\(s\) \['bogus'\]"),
+    ("source_aux_layer", 3, r"train.source_aux_layer must be an int in \[1, train.n_layer=2\], got 3"),
+    ("source_aux_layer", 1.5, r"train.source_aux_layer must be an int in"),
+    ("source_aux", -0.5, r"train.source_aux must be a number in"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):

@@ -178,7 +178,7 @@ def read_split(path: str | os.PathLike) -> pd.DataFrame:
     return pq.read_table(path, schema=SCHEMA).to_pandas()
 
 
-TRAINING_COLUMNS = ["prompt", "answer", "query_chain"]
+TRAINING_COLUMNS = ["prompt", "answer", "query_chain", "depth"]
 
 
 def training_files(data_dir: str | os.PathLike) -> list[Path]:
@@ -189,7 +189,7 @@ def training_files(data_dir: str | os.PathLike) -> list[Path]:
 
 def read_training_rows(data_dir: str | os.PathLike) -> pd.DataFrame:
     """The rows of ``training_files``, in order, with the columns training reads (prompt, answer,
-    query_chain)."""
+    query_chain, depth)."""
     paths = training_files(data_dir)
     frames = [read_split(paths[0]), *(read_traces(p) for p in paths[1:])]
     return pd.concat([f[TRAINING_COLUMNS] for f in frames], ignore_index=True)
@@ -210,7 +210,8 @@ def few_shot_prompts(nl_prompts: Sequence[str], pool: pd.DataFrame, k: int = 4, 
 
 
 def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
-                        exclude: Iterable[str] = (), prompt_end: str = "answer") -> pd.DataFrame:
+                        exclude: Iterable[str] = (), prompt_end: str = "answer",
+                        rule_order: str = "shuffled") -> pd.DataFrame:
     """Query-flip counterfactual pairs: identical rules and facts, the query
     is the LogOp chain's end in one and the linear chain's end in the other.
 
@@ -218,7 +219,7 @@ def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
     the first proof variable is the true LogOp source vs the linear source.
     Both NL prompts share the same k solved examples. Neither prompt of a pair
     is in `exclude` (compact prompts, e.g. the training split); compact prompts end as
-    ``prompt_end`` says.
+    ``prompt_end`` says; ``rule_order`` as in ``sample_problem``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -232,7 +233,7 @@ def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
     rng, rows = _rng(seed, f"flip-pairs-d{depth}"), []
     while len(rows) < n:
         a_true = rng.random() < 0.5
-        base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True))
+        base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True), rule_order=rule_order)
         pair = {chain: replace(base, query_chain=chain) for chain in QUERY_CHAINS}
         texts = {chain: renderings(p, prompt_end) for chain, p in pair.items()}
         if texts["logop"]["prompt"] in taken or texts["linear"]["prompt"] in taken:
