@@ -148,8 +148,10 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=0, metavar="N", help="at the end, exact match on N fresh "
                         "problems (none in the training or validation data) with its 95%% Wilson CI; with "
                         "--steps 0 and init_from, of a saved model")
-    parser.add_argument("--save", metavar="DIR", help="write the final model and tokenizer there (a standard HF "
-                        "directory, which init_from and chain_probe.py load)")
+    # dest is not `save`: nnsight, once imported, mounts a `save` method on every object, which would
+    # shadow argparse's default of None
+    parser.add_argument("--save", dest="save_dir", metavar="DIR", help="write the final model and tokenizer "
+                        "there (a standard HF directory, which init_from and chain_probe.py load)")
     args = parser.parse_args()
     if args.summarize:
         print(summarize(args.summarize))
@@ -307,8 +309,8 @@ def main() -> None:
         print(json.dumps({"config": json.loads(args.config), "test_exact": float(ci.mean), "n_test": len(frame),
                           "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
                           "breakdown": breakdown(frame)}), flush=True)
-    if args.save:
-        save_checkpoint(model.cpu(), tokenizer, args.save)
+    if args.save_dir:
+        save_checkpoint(model.cpu(), tokenizer, args.save_dir)
 
 
 if __name__ == "__main__":

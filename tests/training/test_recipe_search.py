@@ -31,3 +31,13 @@ def test_a_run_with_source_targets_trains_and_reports_their_loss(monkeypatch, ca
     explore_training.main()
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["step"] == 3 and record["source_loss"] > 0
+
+
+def test_no_save_flag_writes_nothing_even_after_nnsight_is_imported(monkeypatch, capsys, tmp_path):
+    import nnsight  # noqa: F401  (it mounts a `save` method on every object)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["explore_training", "--config", json.dumps({"train_size": 64, "n_embd": 24}),
+                                      "--steps", "1", "--eval-every", "1"])
+    explore_training.main()
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 1
+    assert list(tmp_path.iterdir()) == []
