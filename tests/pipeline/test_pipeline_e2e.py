@@ -100,14 +100,21 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     assert any(remote.rglob("*")), "push wrote nothing to the remote"
     model = project / "artifacts/logic/models/seed0/model.safetensors"
     before = model.read_bytes()
+    metrics = project / "artifacts/logic/metrics/seed0.json"
+    metrics_before = metrics.read_bytes()
     shutil.rmtree(project / ".dvc" / "cache")
-    shutil.rmtree(project / "artifacts/logic/models")
-    shutil.rmtree(project / "artifacts/logic/data")
+    # metrics, curves and the validation result travel with the data and models
+    for path in ("models", "data", "metrics", "train", "plots", "validation.json"):
+        target = project / "artifacts/logic" / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     # The CPU pipeline's targets: the GPU pipeline (pipelines/llm) has not run here, and a bare
     # `dvc pull` fails on stages that never ran (README, "Sharing results with a team").
     run(["dvc", "pull", "dvc.yaml", "data.dvc"], project, env)
     assert model.read_bytes() == before
     assert (project / "artifacts/logic/data/train.parquet").is_file()
+    assert metrics.read_bytes() == metrics_before
+    assert (project / "artifacts/logic/train/seed0_curve.csv").is_file()
+    assert json.loads((project / "artifacts/logic/validation.json").read_text())["success"]
     status = run(["dvc", "status", "dvc.yaml", "data.dvc"], project, env).stdout
     assert "up to date" in status
 
