@@ -66,6 +66,8 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
     check_space(space)
     if n_trials < 1:
         raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"tune.timeout_s must be null or a number > 0, got {timeout_s!r}")
     fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
     study = optuna.create_study(
         study_name=f"{study_name}-{fingerprint}", storage=storage, load_if_exists=True, direction="maximize",

@@ -47,3 +47,11 @@ def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_pa
 def test_bad_search_space_is_rejected(space, message):
     with pytest.raises(ValueError, match=message):
         check_space(space)
+
+
+@pytest.mark.parametrize("timeout_s", [0, -5, "soon"])
+def test_bad_timeout_is_rejected(small_splits, tmp_path, timeout_s):
+    with pytest.raises(ValueError, match="tune.timeout_s must be null or a number > 0"):
+        run_study(small_splits["train"], small_splits["val"], TrainConfig.from_params(TINY), SPACE, n_trials=1,
+                  timeout_s=timeout_s, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", seed=0,
+                  trial_max_steps=1, mlflow_study="tuning-test")
