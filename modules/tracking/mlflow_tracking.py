@@ -23,8 +23,25 @@ import mlflow  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def project_root() -> Path:
+    """Where the project's local stores live (mlflow.db, mlartifacts/, optuna.db).
+
+    A stage run by DVC gets ``DVC_ROOT``, which names the user's workspace even when the experiment
+    runs in a temporary copy (``dvc exp run --temp`` or ``--queue``) that DVC deletes afterwards.
+    """
+    return Path(os.environ.get("DVC_ROOT") or REPO_ROOT)
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def in_project(storage_url: str) -> str:
+    """A relative sqlite URL (``sqlite:///optuna.db``) resolved against :func:`project_root`."""
+    prefix = "sqlite:///"
+    if storage_url.startswith(prefix) and not Path(storage_url[len(prefix):]).is_absolute():
+        return f"{prefix}{project_root() / storage_url[len(prefix):]}"
+    return storage_url
 
 
 def git_commit() -> str:
@@ -61,10 +78,10 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def ensure_experiment(study: str, uri: str) -> None:
-    """Select experiment ``study``; with a local sqlite store its artifacts go to <repo>/mlartifacts."""
+    """Select experiment ``study``; with a local sqlite store its artifacts go to <project>/mlartifacts."""
     if mlflow.get_experiment_by_name(study) is None and uri.startswith("sqlite:"):
         try:
-            mlflow.create_experiment(study, artifact_location=(REPO_ROOT / "mlartifacts").as_uri())
+            mlflow.create_experiment(study, artifact_location=(project_root() / "mlartifacts").as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # another process created it first
     mlflow.set_experiment(study)

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 from optuna_integration import PyTorchLightningPruningCallback
 
-from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
+from modules.tracking.mlflow_tracking import in_project, lightning_logger, tracked_run
 from modules.training.train import TrainConfig, train_logic_model
 
 # name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
@@ -58,8 +58,9 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
               trial_max_steps: int, mlflow_study: str) -> optuna.Study:
     """Run a study maximising validation exact match until it holds ``n_trials`` finished trials.
 
-    The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a shared RDB for
-    several workers) as ``<study_name>-<settings fingerprint>`` and is resumed with
+    The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a relative path read from
+    the project root; a shared RDB for several workers) as ``<study_name>-<settings fingerprint>``
+    and is resumed with
     ``load_if_exists``: the same settings resume, other data or settings start a new study, so a
     study never mixes trials whose scores cannot be compared.
     """
@@ -70,7 +71,7 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
         raise ValueError(f"tune.timeout_s must be null or a number > 0, got {timeout_s!r}")
     fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
     study = optuna.create_study(
-        study_name=f"{study_name}-{fingerprint}", storage=storage, load_if_exists=True, direction="maximize",
+        study_name=f"{study_name}-{fingerprint}", storage=in_project(storage), load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 
