@@ -29,8 +29,8 @@ from modules.engine.metrics import wilson_ci
 from modules.models.logic_model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.models.decoding import right_padded_outputs, teacher_forced_exact_match
-from modules.training.sequences import (BatchStream, conclusion_source_targets, encode, source_loss,
-                                       training_loss)
+from modules.training.sequences import (BatchStream, conclusion_source_targets, encode, source_head,
+                                       source_loss, training_loss)
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,
@@ -248,10 +248,9 @@ def main() -> None:
     model = model.to(device)
     # a probe-like head trained beside the model, then dropped: it reads the residual stream after
     # source_aux_layer blocks at each rule's conclusion and names what that conclusion descends from
-    source_head = torch.nn.Sequential(torch.nn.LayerNorm(model.config.n_embd),
-                                      torch.nn.Linear(model.config.n_embd, len(tokenizer))).to(device) \
-        if cfg["source_aux"] else torch.nn.Identity()
-    parameters = list(model.parameters()) + list(source_head.parameters())
+    aux_head = (source_head(model.config.n_embd, len(tokenizer)).to(device) if cfg["source_aux"]
+                else torch.nn.Identity())
+    parameters = list(model.parameters()) + list(aux_head.parameters())
     decay = [p for p in parameters if p.dim() >= 2]
     no_decay = [p for p in parameters if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -272,7 +271,7 @@ def main() -> None:
         loss = training_loss(outputs.logits[:, :-1], batch, cfg["first_token_weight"], cfg["prompt_loss_weight"],
                              inner_answer_id)
         if cfg["source_aux"]:
-            aux = source_loss(source_head(outputs.hidden_states[cfg["source_aux_layer"]]), batch.source_targets)
+            aux = source_loss(aux_head(outputs.hidden_states[cfg["source_aux_layer"]]), batch.source_targets)
             loss = loss + cfg["source_aux"] * aux
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

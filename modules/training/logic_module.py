@@ -13,7 +13,7 @@ import torch
 
 from modules.models.decoding import right_padded_outputs, teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, source_loss, training_loss
+from modules.training.sequences import EncodedSequences, source_head, source_loss, training_loss
 
 
 class LogicLM(pl.LightningModule):
@@ -26,8 +26,7 @@ class LogicLM(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
         if source_aux:
-            self.source_head = torch.nn.Sequential(torch.nn.LayerNorm(n_embd),
-                                                   torch.nn.Linear(n_embd, self.model.config.vocab_size))
+            self.source_head = source_head(n_embd, self.model.config.vocab_size)
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         hp = self.hparams

@@ -60,6 +60,12 @@ def conclusion_source_targets(tokenizer, prompts: list[str], labelled: list[bool
     return targets
 
 
+def source_head(n_embd: int, vocab_size: int) -> torch.nn.Module:
+    """The training-only head of ``source_aux``: reads a residual stream [n, len, n_embd] and scores
+    every vocabulary entry as the conclusion's source (``source_loss``)."""
+    return torch.nn.Sequential(torch.nn.LayerNorm(n_embd), torch.nn.Linear(n_embd, vocab_size))
+
+
 def source_loss(source_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``source_logits`` [n, len, vocab] over the labelled positions of
     ``targets`` [n, len]; zero (with a gradient) for a batch without any."""

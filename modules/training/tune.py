@@ -60,9 +60,8 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
 
     The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a relative path read from
     the project root; a shared RDB for several workers) as ``<study_name>-<settings fingerprint>``
-    and is resumed with
-    ``load_if_exists``: the same settings resume, other data or settings start a new study, so a
-    study never mixes trials whose scores cannot be compared.
+    and is resumed with ``load_if_exists``: the same settings resume, other data or settings start a
+    new study, so a study never mixes trials whose scores cannot be compared.
     """
     check_space(space)
     if n_trials < 1:
@@ -71,8 +70,8 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
         raise ValueError(f"tune.timeout_s must be null or a number > 0, got {timeout_s!r}")
     fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
     study = optuna.create_study(
-        study_name=f"{study_name}-{fingerprint}", storage=in_project(storage), load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        study_name=f"{study_name}-{fingerprint}", storage=in_project(storage), load_if_exists=True,
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 
     def objective(trial: optuna.Trial) -> float:
