@@ -56,7 +56,8 @@ def settings_fingerprint(train_frame, val_frame, base: TrainConfig, space: Mappi
 def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Mapping[str, Any]], *,
               n_trials: int, timeout_s: float | None, storage: str, study_name: str, seed: int,
               trial_max_steps: int, mlflow_study: str) -> optuna.Study:
-    """Run a study maximising validation exact match until it holds ``n_trials`` finished trials.
+    """Run a study maximising validation exact match until it holds ``n_trials`` finished trials,
+    counting those of other workers on the same study.
 
     The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a relative path read from
     the project root; a shared RDB for several workers) as ``<study_name>-<settings fingerprint>``
@@ -86,10 +87,11 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
             trial.set_user_attr("wall_s", result.wall_s)
             return result.val_exact_match
 
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                       optuna.trial.TrialState.PRUNED)]
-    # Resuming an interrupted study runs only the trials still missing from its budget.
-    remaining = n_trials - len(finished)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # Resuming an interrupted study runs only the trials still missing from its budget, and workers
+    # sharing the study stop once it holds n_trials (each may finish the trial it has started).
+    remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=())
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)])
     return study

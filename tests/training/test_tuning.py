@@ -1,4 +1,7 @@
+import multiprocessing
+
 import mlflow
+import optuna
 import pytest
 
 from modules.tracking.mlflow_tracking import tracked_run
@@ -37,6 +40,34 @@ def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_pa
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in nested) == ["tune-trial-0", "tune-trial-1"]
     assert all("val_exact_match" in r.data.metrics for r in nested)
+
+
+def _tuning_worker(barrier, splits, storage: str, mlflow_uri: str) -> None:
+    import os
+
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    barrier.wait()  # both workers read the empty study before either finishes a trial
+    run_study(splits["train"], splits["val"], TrainConfig.from_params(TINY), SPACE, n_trials=2, timeout_s=None,
+              storage=storage, study_name="shared", seed=0, trial_max_steps=4, mlflow_study="tuning-test")
+
+
+def test_workers_sharing_a_study_stop_at_its_trial_budget(small_splits, tmp_path):
+    # Two workers on one study (as side-by-side `dvc exp run --temp` tuning stages are) share its
+    # budget: each may finish the trial it started, but neither runs a full budget of its own (4).
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.storages.RDBStorage(storage)  # the shared database exists first (two workers creating it race)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_tuning_worker, args=(barrier, dict(small_splits), storage,
+                                                            f"sqlite:///{tmp_path}/mlflow{i}.db"))
+               for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    (summary,) = optuna.get_all_study_summaries(storage)
+    assert summary.study_name.startswith("shared-") and summary.n_trials in (2, 3)
 
 
 @pytest.mark.parametrize("space,message", [
