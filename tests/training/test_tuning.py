@@ -46,6 +46,8 @@ def _tuning_worker(barrier, splits, storage: str, mlflow_uri: str) -> None:
     import os
 
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    for inherited in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # the parent's store
+        os.environ.pop(inherited, None)
     barrier.wait()  # both workers read the empty study before either finishes a trial
     run_study(splits["train"], splits["val"], TrainConfig.from_params(TINY), SPACE, n_trials=2, timeout_s=None,
               storage=storage, study_name="shared", seed=0, trial_max_steps=4, mlflow_study="tuning-test")
