@@ -4,7 +4,8 @@ Reproduces the analyses Hong et al. (2024) run on their 3-layer, 3-head model, o
 the pipeline trains (a standard HF GPT-2, so this is the same engine that runs on 7B models):
 
 * routing attention: what the last prompt position (it predicts the first proof token) attends
-  to, per layer and head: the query variable, the rules section, the facts section;
+  to, per layer and head: the query variable, the queried rule's conclusion (the query variable
+  where a rule concludes it), the rules section, the facts section;
 * linear probes on cached residual activations for the queried chain, the linear chain's source
   variable and the LogOp sources' truth values;
 * the routing direction (linear minus LogOp queries, difference of means, and the probe's
@@ -33,7 +34,7 @@ from modules.engine import Site, capture, get_adapter, patch_resid_sweep, steer
 from modules.engine.metrics import mean_with_ci, wilson_ci
 from modules.engine.probes import probe_grid, split_indices
 
-SECTIONS = ("query", "rules", "facts")
+SECTIONS = ("query", "conclusion", "rules", "facts")
 PROBE_TARGETS = ("queried_chain", "linear_source", "logop_value_a", "logop_value_b")
 
 
@@ -117,16 +118,30 @@ def compact_examples(pairs: pd.DataFrame, tokenizer) -> Examples:
 
 # ---------------------------------------------------------------- 1. routing attention
 
+def queried_conclusion_positions(ids: Tensor, tokenizer) -> Tensor:
+    """[n] position of the queried rule's conclusion: the query variable right after ``>`` in the
+    rules (the query is a chain's last variable, so exactly one rule concludes it)."""
+    query = ids.gather(1, (_keyword_positions(ids, tokenizer, "query") + 1)[:, None])
+    after_arrow = torch.zeros_like(ids, dtype=torch.bool)
+    after_arrow[:, 1:] = ids[:, :-1] == tokenizer.convert_tokens_to_ids(">")
+    hits = (ids == query) & after_arrow
+    if not bool((hits.sum(1) == 1).all()):
+        raise StudyError("every compact prompt needs exactly one rule that concludes its query variable")
+    return hits.int().argmax(1)
+
+
 @torch.no_grad()
 def section_attention(model, tokenizer, ids: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
     """Attention from the last prompt position, ``[n, n_layers, n_heads]`` per section: the query
-    variable, the rules section (between ``rules`` and ``facts``) and the facts section."""
+    variable, the queried rule's conclusion, the rules section (between ``rules`` and ``facts``,
+    the conclusion included) and the facts section."""
     adapter, device = get_adapter(model), model_device(model)
     facts = _keyword_positions(ids, tokenizer, "facts")
     query_kw = _keyword_positions(ids, tokenizer, "query")
     rules_kw = _keyword_positions(ids, tokenizer, "rules")
     pos = torch.arange(ids.shape[1])
     masks = {"query": pos == (query_kw + 1)[:, None],
+             "conclusion": pos == queried_conclusion_positions(ids, tokenizer)[:, None],
              "rules": (pos > rules_kw[:, None]) & (pos < facts[:, None]),
              "facts": (pos > facts[:, None]) & (pos < query_kw[:, None])}
     sites = [Site("pattern", layer, positions=(-1,)) for layer in range(adapter.n_layers)]
@@ -144,7 +159,8 @@ def section_attention(model, tokenizer, ids: Tensor, batch_size: int = 500) -> d
 def routing_summary(attention: Mapping[str, Tensor], chains: Sequence[str], n_boot: int = 1000,
                     seed: int = 0) -> tuple[dict, dict[str, Tensor]]:
     """Mean attention per (layer, head) with CIs, per queried chain; and the last layer's head
-    that separates the chains most on the query (the paper's routing head)."""
+    that separates the chains most on the query (the paper's routing head), and on the queried
+    rule's conclusion."""
     chains = np.asarray(chains)
     summary: dict = {"n": {c: int((chains == c).sum()) for c in DIRECTIONS}}
     tensors: dict[str, Tensor] = {}
@@ -163,12 +179,18 @@ def routing_summary(attention: Mapping[str, Tensor], chains: Sequence[str], n_bo
                                                              for name in attention}}
                            for layer in range(n_layers) for head in range(n_heads)]
     last = n_layers - 1
-    gap = tensors["attention.query.linear"][last] - tensors["attention.query.logop"][last]
-    head = int(gap.argmax())
-    summary["routing_head"] = {"layer": last, "head": head, **{
-        chain: {"mean": float(tensors[f"attention.query.{chain}"][last, head]),
-                "ci_low": float(tensors[f"attention_ci_low.query.{chain}"][last, head]),
-                "ci_high": float(tensors[f"attention_ci_high.query.{chain}"][last, head])} for chain in DIRECTIONS}}
+
+    def routing_head(target: str) -> dict:
+        gap = tensors[f"attention.{target}.linear"][last] - tensors[f"attention.{target}.logop"][last]
+        head = int(gap.argmax())
+        return {"layer": last, "head": head, **{
+            chain: {"mean": float(tensors[f"attention.{target}.{chain}"][last, head]),
+                    "ci_low": float(tensors[f"attention_ci_low.{target}.{chain}"][last, head]),
+                    "ci_high": float(tensors[f"attention_ci_high.{target}.{chain}"][last, head])}
+            for chain in DIRECTIONS}}
+
+    # a prompt that ends at the query variable can only route through the rule that concludes it
+    summary["routing_head"], summary["conclusion_head"] = routing_head("query"), routing_head("conclusion")
     return summary, tensors
 
 
@@ -440,10 +462,11 @@ def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]
     from modules.engine.tracking import effect_heatmap
 
     figures = {}
-    for chain in DIRECTIONS:
-        figures[f"attention_query_{chain}.png"] = effect_heatmap(
-            result.tensors[f"attention.query.{chain}"], "layer", "head",
-            title=f"{model_name}: attention from the last position to the query ({chain} queries)")
+    for target, what in (("query", "the query"), ("conclusion", "the queried rule's conclusion")):
+        for chain in DIRECTIONS:
+            figures[f"attention_{target}_{chain}.png"] = effect_heatmap(
+                result.tensors[f"attention.{target}.{chain}"], "layer", "head",
+                title=f"{model_name}: attention from the last position to {what} ({chain} queries)")
     for section in ("rules", "facts"):
         figures[f"attention_{section}.png"] = effect_heatmap(
             result.tensors[f"attention.{section}.all"], "layer", "head",
@@ -464,8 +487,10 @@ def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]
 
 def circuit_metrics(summary: Mapping) -> dict[str, float]:
     """Headline numbers, flat, for `dvc metrics show` and MLflow."""
-    head = summary["attention"]["routing_head"]
+    head, conclusion = summary["attention"]["routing_head"], summary["attention"]["conclusion_head"]
     metrics = {"routing_attention_linear": head["linear"]["mean"], "routing_attention_logop": head["logop"]["mean"],
+               "conclusion_attention_linear": conclusion["linear"]["mean"],
+               "conclusion_attention_logop": conclusion["logop"]["mean"],
                "flip_pairs_solved": float(summary["flip_pairs"]["n_solved_examples"])}
     steering = summary.get("steering", {})
     if steering:

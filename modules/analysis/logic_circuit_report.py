@@ -87,6 +87,15 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         rows.append([f"same head, LogOp queries, seed {seed}", f"below {ROUTING_LOGOP:.0%}",
                      f"{pct_ci(attention['logop'])}; n = {n['logop']}",
                      moot or verdict(attention["logop"], ROUTING_LOGOP, above=False)])
+        if moot:  # the paper's routing test, moved to the one token the query can be routed through
+            conclusion = summary["attention"]["conclusion_head"]
+            rows.append([f"adapted: layer-{last_layer + 1} attention to the queried rule's conclusion, linear "
+                         f"queries, seed {seed}", f"above {ROUTING_LINEAR:.0%} (to the query)",
+                         f"head ({conclusion['layer']},{conclusion['head']}): {pct_ci(conclusion['linear'])}; "
+                         f"n = {n['linear']}", verdict(conclusion["linear"], ROUTING_LINEAR, above=True)])
+            rows.append([f"same head, LogOp queries, seed {seed}", f"below {ROUTING_LOGOP:.0%} (to the query)",
+                         f"{pct_ci(conclusion['logop'])}; n = {n['logop']}",
+                         verdict(conclusion["logop"], ROUTING_LOGOP, above=False)])
         probe = _probe(summary, "linear_source", routing_layer, "query")
         if probe is not None:
             entry = {"mean": probe["accuracy"], "ci_low": probe["ci_low"], "ci_high": probe["ci_high"]}
@@ -96,7 +105,11 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
                          verdict(entry, PROBE_LINEAR_SOURCE, above=True)])
     lines += markdown_table(["quantity", f"paper ({PAPER.split(',')[0]})", "ours", "verdict"], rows)
     lines += ["", "A verdict is *reproduced* when our whole CI lies on the paper's side of its threshold, "
-              "*not reproduced* when it lies wholly on the other side, else *inconclusive*.", ""]
+              "*not reproduced* when it lies wholly on the other side, else *inconclusive*."
+              + (" The *adapted* rows apply the paper's routing thresholds to the attention from the query "
+                 "variable (the last position here) to the rule that concludes it, the only place the query "
+                 "can be looked up; the paper measured attention to the query token itself."
+                 if (data or {}).get("prompt_end") == "query" else ""), ""]
 
     for seed, summary in seeds.items():
         lines += _seed_section(seed, summary, figures_dir)
@@ -105,10 +118,12 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
 
 
 def _section_table(summary: Mapping) -> list[str]:
-    """Mean attention of each head of the last position to the three sections, all problems."""
+    """Mean attention of each head of the last position to the query, the queried rule's conclusion
+    (inside the rules) and the two sections, all problems."""
     sections = summary["attention"]["sections"]
-    return markdown_table(["layer", "head", "query", "rules", "facts"],
-                          [[str(r["layer"]), str(r["head"]), *(f"{r[name]:.3f}" for name in ("query", "rules", "facts"))]
+    names = ("query", "conclusion", "rules", "facts")
+    return markdown_table(["layer", "head", "query", "queried rule's conclusion", "rules", "facts"],
+                          [[str(r["layer"]), str(r["head"]), *(f"{r[name]:.3f}" for name in names)]
                            for r in sections])
 
 
@@ -119,6 +134,9 @@ def _seed_section(seed: int, summary: Mapping, figures_dir: str) -> list[str]:
              "per layer and head, split by the queried chain:", "",
              f"![query attention, linear]({fig}/attention_query_linear.png) "
              f"![query attention, LogOp]({fig}/attention_query_logop.png)", "",
+             "to the queried rule's conclusion (the query variable where a rule concludes it):", "",
+             f"![conclusion attention, linear]({fig}/attention_conclusion_linear.png) "
+             f"![conclusion attention, LogOp]({fig}/attention_conclusion_logop.png)", "",
              "and summed over the rules and the facts sections, all problems:", "",
              f"![rules attention]({fig}/attention_rules.png) ![facts attention]({fig}/attention_facts.png)", ""]
     lines += _section_table(summary)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from modules.analysis.logic_circuit import (CircuitConfig, StudyError, cached_residuals, circuit_metrics,
-                                            compact_examples, encode_prompts, run_circuit_study,
-                                            section_attention)
+                                            compact_examples, encode_prompts, queried_conclusion_positions,
+                                            routing_summary, run_circuit_study, section_attention)
 from modules.data.logic.dataset import generate_flip_pairs, generate_splits
 from modules.engine import capture
 from modules.engine.activation_cache import ActivationCache, save_activations
@@ -16,9 +16,15 @@ LENGTH = 29  # compact prompt tokens at depth 3
 QUERY = {"logop": "D", "linear": "G"}  # every prompt of a chain asks the same variable
 
 
-def _fix_query(prompt: str, chain: str) -> str:
-    head, _ = prompt.removesuffix(" answer").rsplit(" ", 1)
-    return f"{head} {QUERY[chain]} answer"
+def _swap(prompt: str, a: str, b: str) -> str:
+    """``prompt`` with the variables ``a`` and ``b`` renamed into each other: the same problem."""
+    return " ".join(b if word == a else a if word == b else word for word in prompt.split())
+
+
+def _fix_queries(prompt: str, logop: str, linear: str) -> str:
+    """Rename the chains' query variables to QUERY's letters (one renaming for both prompts of a pair)."""
+    prompt = _swap(prompt, logop, QUERY["logop"])
+    return _swap(prompt, logop if linear == QUERY["logop"] else linear, QUERY["linear"])
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +34,17 @@ def planted():
 
 @pytest.fixture(scope="module")
 def copy_task():
-    """Flip pairs and test problems rewritten so that the query variable is the first proof token:
-    the task the planted head solves. Rules and facts stay identical within a pair."""
+    """Flip pairs and test problems whose variables are renamed so that every query of a chain asks
+    the same letter, answered by that letter: the task the planted head solves. Rules and facts stay
+    identical within a pair."""
     pairs = generate_flip_pairs(3, 40, depth=3, k=0)
     for chain in QUERY:
-        pairs[f"prompt_{chain}"] = pairs[f"prompt_{chain}"].map(lambda p, c=chain: _fix_query(p, c))
+        pairs[f"prompt_{chain}"] = [_fix_queries(p, a, b) for p, a, b in
+                                    zip(pairs[f"prompt_{chain}"], pairs.query_logop, pairs.query_linear)]
         pairs[f"answer_{chain}"] = QUERY[chain]
     test = generate_splits(5, {"test": 300}, depth=3, logop_share=0.5)["test"]
-    test["prompt"] = [_fix_query(p, c) for p, c in zip(test.prompt, test.query_chain)]
+    query = [p.split()[-2] for p in test.prompt]
+    test["prompt"] = [_swap(p, q, QUERY[c]) for p, q, c in zip(test.prompt, query, test.query_chain)]
     return pairs, test
 
 
@@ -67,12 +76,43 @@ def test_compact_examples_index_the_query_and_both_first_tokens(planted):
     assert (examples.ids[0] != examples.flip_ids[0]).nonzero().flatten().tolist() == [LENGTH - 2]
 
 
+@pytest.mark.parametrize("prompt_end,rule_order", [("answer", "shuffled"), ("query", "chain")])
+def test_queried_conclusion_is_the_query_variable_where_a_rule_concludes_it(planted, prompt_end, rule_order):
+    _, tokenizer = planted
+    test = generate_splits(3, {"test": 50}, depth=3, prompt_end=prompt_end, rule_order=rule_order)["test"]
+    ids = encode_prompts(test.prompt.tolist(), tokenizer)
+    for prompt, position in zip(test.prompt, queried_conclusion_positions(ids, tokenizer).tolist()):
+        words = prompt.split()
+        query = words[words.index("query") + 1]
+        assert words[position] == query and words[position - 1] == ">" and position < words.index("facts")
+    words = test.prompt[0].split()
+    query, unused = words[words.index("query") + 1], sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZ") - set(words))[0]
+    unconcluded = encode_prompts([test.prompt[0].replace(f"> {query} ", f"> {unused} ", 1)], tokenizer)
+    with pytest.raises(StudyError, match="exactly one rule that concludes its query variable"):
+        queried_conclusion_positions(unconcluded, tokenizer)
+
+
+def test_routing_summary_names_the_last_layer_head_that_separates_the_chains():
+    chains = ["linear"] * 4 + ["logop"] * 4
+    attention = {name: torch.zeros(8, 2, 3) for name in ("query", "conclusion", "rules", "facts")}
+    attention["conclusion"][:4, 1, 2] = 0.9   # reads the queried rule only for linear queries
+    attention["conclusion"][:, 1, 0] = 0.95   # reads it for every query: no routing
+    attention["query"][4:, 1, 1] = 0.5        # prefers LogOp queries: the wrong way round
+    summary, tensors = routing_summary(attention, chains, n_boot=50)
+    head = summary["conclusion_head"]
+    assert (head["layer"], head["head"]) == (1, 2)
+    assert head["linear"]["mean"] == pytest.approx(0.9) and head["logop"]["mean"] == pytest.approx(0.0)
+    assert summary["routing_head"]["head"] != 1
+    assert float(tensors["attention.conclusion.all"][1, 0]) == pytest.approx(0.95)
+
+
 def test_section_attention_finds_the_planted_query_head(planted, copy_task):
     model, tokenizer = planted
     _, test = copy_task
     attention = section_attention(model, tokenizer, encode_prompts(test.prompt.tolist(), tokenizer), 128)
     total = attention["query"] + attention["rules"] + attention["facts"]
     assert attention["query"].shape == (300, 2, 3) and bool((total <= 1 + 1e-5).all())
+    assert bool((attention["conclusion"] <= attention["rules"] + 1e-6).all())  # one token of the rules
     assert float(attention["query"][:, PLANTED_LAYER, PLANTED_HEAD].min()) > 0.99
     assert float(attention["query"][:, 0].mean()) < 0.2  # unplanted heads spread out
 

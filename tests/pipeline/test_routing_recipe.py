@@ -90,3 +90,4 @@ def test_depth3_experiment_writes_rules_in_proof_order_and_trains_the_source_hea
     assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
     report = (project / "reports/logic_depth3/README.md").read_text()
     assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
+    assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
