@@ -2,6 +2,10 @@
 exact match, per seed, then its exact match on the test split. Every seed is an MLflow run.
 
     python -m benchmarks.bench_training --seeds 0 1 2
+    python -m benchmarks.bench_training --set logic.data.rule_order=chain --set logic.train.source_aux=1.0
+
+``--set`` overrides a params.yaml key under logic.data or logic.train for this run (values are
+YAML); any logic.data override generates the splits afresh instead of reading the pipeline's.
 """
 from __future__ import annotations
 
@@ -12,21 +16,37 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
+import yaml
 
 from modules.data.logic import generate_splits, read_split
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
 from modules.training.evaluate import accuracy_row, exact_matches
 from modules.training.train import TrainConfig, train_logic_model
-from pipelines._stage import LOGIC_STUDY, params
+from pipelines._stage import LOGIC_STUDY, params, run
 
 
-def load_splits(data_dir: Path):
-    if all((data_dir / f"{s}.parquet").is_file() for s in ("train", "val", "test")):
+def apply_overrides(logic: dict, assignments: list[str]) -> dict:
+    """``logic`` (params.yaml's section) with each ``logic.<data|train>.key=value`` applied."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        path = key.split(".")
+        if not sep or len(path) < 3 or path[0] != "logic" or path[1] not in ("data", "train"):
+            raise ValueError(f"--set takes logic.data.KEY=VALUE or logic.train.KEY=VALUE, got {assignment!r}")
+        node = logic
+        for part in path[1:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"--set: {'.'.join(path[:-1])} is not a params.yaml section")
+            node = node[part]
+        node[path[-1]] = yaml.safe_load(value)
+    return logic
+
+
+def load_splits(data_dir: Path, config: dict, fresh: bool):
+    if not fresh and all((data_dir / f"{s}.parquet").is_file() for s in ("train", "val", "test")):
         return {s: read_split(data_dir / f"{s}.parquet") for s in ("train", "val", "test")}
-    config = params("logic", "data")
     return generate_splits(config["seed"], dict(config["sizes"]), config["depth"], config["logop_share"],
-                           config["operators"])
+                           config["operators"], prompt_end=config["prompt_end"], rule_order=config["rule_order"])
 
 
 def main() -> None:
@@ -34,14 +54,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", type=Path, default=Path("artifacts/logic/data"))
     parser.add_argument("--max-steps", type=int, default=None, help="override logic.train.max_steps")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a logic.data or logic.train key of params.yaml (repeatable)")
     args = parser.parse_args()
-    config = TrainConfig.from_params(params("logic", "train"))
+    logic = apply_overrides(params("logic"), args.overrides)
+    config = TrainConfig.from_params(logic["train"])
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
-    splits = load_splits(args.data)
+    splits = load_splits(args.data, logic["data"], fresh=any(o.startswith("logic.data.") for o in args.overrides))
     rows = []
     for seed in args.seeds:
-        with tracked_run(LOGIC_STUDY, f"bench-training-seed{seed}", {**config.as_dict(), "seed": seed},
+        data_params = {f"data.{key}": value for key, value in logic["data"].items() if key != "traces"}
+        with tracked_run(LOGIC_STUDY, f"bench-training-seed{seed}", {**config.as_dict(), **data_params, "seed": seed},
                          tags={"benchmark": "training"}) as active:
             start = time.perf_counter()
             result = train_logic_model(splits["train"], splits["val"], config, seed,
@@ -61,9 +85,9 @@ def main() -> None:
     if reached:
         print(f"median time to 100% val exact match: {statistics.median(reached):.0f} s "
               f"(goal <= 600 s; per seed: {', '.join(f'{t:.0f}' for t in reached)})")
-    print(f"test exact match per seed: {', '.join(f'{r['test_exact_match']:.4f}' for r in rows)} "
-          f"(n={rows[0]['test_n']})")
+    per_seed = ", ".join(f"{r['test_exact_match']:.4f}" for r in rows)
+    print(f"test exact match per seed: {per_seed} (n={rows[0]['test_n']})")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
