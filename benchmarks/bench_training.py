@@ -62,9 +62,9 @@ def main() -> None:
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
     splits = load_splits(args.data, logic["data"], fresh=any(o.startswith("logic.data.") for o in args.overrides))
+    data_params = {f"data.{key}": value for key, value in logic["data"].items() if key != "traces"}
     rows = []
     for seed in args.seeds:
-        data_params = {f"data.{key}": value for key, value in logic["data"].items() if key != "traces"}
         with tracked_run(LOGIC_STUDY, f"bench-training-seed{seed}", {**config.as_dict(), **data_params, "seed": seed},
                          tags={"benchmark": "training"}) as active:
             start = time.perf_counter()

@@ -67,6 +67,8 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         "## The paper's claims next to ours",
         "",
     ]
+    # a prompt that ends at the query variable decides there: its "attention to the query" is to itself
+    moot = "not applicable: the last position is the query" if (data or {}).get("prompt_end") == "query" else None
     rows = []
     for seed, summary in seeds.items():
         test = evaluation.get(seed, {}).get("test")
@@ -78,8 +80,6 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         attention = summary["attention"]["routing_head"]
         head = f"({attention['layer']},{attention['head']})"
         n = summary["attention"]["n"]
-        # a prompt that ends at the query variable decides there: its "attention to the query" is to itself
-        moot = "not applicable: the last position is the query" if (data or {}).get("prompt_end") == "query" else None
         rows.append([f"layer-{last_layer + 1} attention to the query, linear queries, seed {seed}",
                      f"above {ROUTING_LINEAR:.0%} (one layer-3 head)",
                      f"head {head}: {pct_ci(attention['linear'])}; n = {n['linear']}",
@@ -108,8 +108,7 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
               "*not reproduced* when it lies wholly on the other side, else *inconclusive*."
               + (" The *adapted* rows apply the paper's routing thresholds to the attention from the query "
                  "variable (the last position here) to the rule that concludes it, the only place the query "
-                 "can be looked up; the paper measured attention to the query token itself."
-                 if (data or {}).get("prompt_end") == "query" else ""), ""]
+                 "can be looked up; the paper measured attention to the query token itself." if moot else ""), ""]
 
     for seed, summary in seeds.items():
         lines += _seed_section(seed, summary, figures_dir)
