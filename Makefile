@@ -51,14 +51,15 @@ routing: setup
 	@dvc metrics show
 
 # The depth-3 recipe (README, "Depth 3"): each chain's rules in proof order, prompts that stop at
-# the query variable, and a head after layer 2 trained to name each rule conclusion's source,
-# the first proof token's loss weighted 4 (params.yaml's default; weight 1 left seed 1 query-blind)
-# and the whole 12,000-step schedule (a first perfect validation at step 8,000 left 1 test error
-# in 10,000). About 40 minutes per seed on one CPU thread; `make depth3 SEEDS=[0,1,2]`.
+# the query variable, every training problem beside its query twin in the same batch (the same
+# rules and facts, the other chain's query: a model that ignores the query cannot fit both), a
+# head after layer 2 trained to name each rule conclusion's source, the first proof token's loss
+# weighted 4 (params.yaml's default), and the whole 4,000-step schedule; `make depth3 SEEDS=[0,1,2]`.
 DEPTH3_PARAMS := -S logic.data.rule_order=chain -S logic.data.prompt_end=query -S logic.data.sizes.train=200000 \
+  -S 'logic.data.query_twins=[train]' \
   -S logic.pairs.rule_order=chain -S logic.pairs.prompt_end=query -S 'logic.activations.positions=[-2,-1]' \
-  -S logic.train.source_aux=1.0 -S logic.train.max_steps=12000 \
-  -S logic.train.stop_on_perfect=false -S logic.train.val_every=1000 -S logic.report.dir=reports/logic_depth3
+  -S logic.train.source_aux=1.0 -S logic.train.max_steps=4000 \
+  -S logic.train.stop_on_perfect=false -S logic.train.val_every=500 -S logic.report.dir=reports/logic_depth3
 depth3: setup
 	dvc exp run -n depth3-$(SEED_NAME) $(DEPTH3_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from modules.data.logic import generate_splits, read_split
+from modules.data.logic import read_split, splits_from_params
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
 from modules.training.evaluate import accuracy_row, exact_matches
@@ -45,8 +45,7 @@ def apply_overrides(logic: dict, assignments: list[str]) -> dict:
 def load_splits(data_dir: Path, config: dict, fresh: bool):
     if not fresh and all((data_dir / f"{s}.parquet").is_file() for s in ("train", "val", "test")):
         return {s: read_split(data_dir / f"{s}.parquet") for s in ("train", "val", "test")}
-    return generate_splits(config["seed"], dict(config["sizes"]), config["depth"], config["logop_share"],
-                           config["operators"], prompt_end=config["prompt_end"], rule_order=config["rule_order"])
+    return splits_from_params(config)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import argparse
 import time
 from pathlib import Path
 
-from modules.data.logic import generate_splits, generate_traces, write_splits, write_traces
+from modules.data.logic import generate_traces, splits_from_params, write_splits, write_traces
 from modules.io import atomic_dir
 from modules.tracking.mlflow_tracking import data_hash, tracked_run
 from pipelines._stage import LOGIC_STUDY, logic_seeds, params, run
@@ -22,9 +22,7 @@ def main() -> None:
 
         start = time.perf_counter()
         try:
-            frames = generate_splits(config["seed"], dict(config["sizes"]), config["depth"],
-                                     config["logop_share"], config["operators"], prompt_end=config["prompt_end"],
-                                     rule_order=config["rule_order"])
+            frames = splits_from_params(config)
         except ValueError as error:  # the data module names the key; say where it lives
             raise ValueError(f"params.yaml logic.data.{error}") from None
         try:

@@ -28,6 +28,9 @@ def main() -> None:
     # the frozen benchmark keeps the depth and prompt ending it was written with
     benchmark = {**config, "depth": params("logic", "benchmark", "depth"), "prompt_end": "answer", "trace_depth": None,
                  "rule_order": "shuffled"}
+    # a split of query twins queries each chain in half its rows, whatever logop_share
+    split_params = {split: {**config, "logop_share": 0.5} for split in data["query_twins"]}
+    split_params["benchmark"] = benchmark
     splits = {split: Path(args.data) / f"{split}.parquet" for split in data["sizes"]}
     splits["benchmark"] = Path(args.benchmark)
     traces = Path(args.data) / "traces.parquet" if with_traces else None
@@ -36,7 +39,7 @@ def main() -> None:
         raise FileNotFoundError(f"dataset file(s) not found: {', '.join(missing)}")
     with tracked_run(LOGIC_STUDY, "validate", config, data_paths=[p for p in [*splits.values(), traces] if p]):
         report = validate_logic_splits(splits, config, Path(args.docs), Path(args.summary),
-                                       split_params={"benchmark": benchmark}, traces=traces)
+                                       split_params=split_params, traces=traces)
         mlflow.log_metrics({"validation_success": float(report.success),
                             "failed_expectations": float(len(report.failures())),
                             "checked_expectations": float(len(report.outcomes))})

@@ -301,7 +301,7 @@ def planning_circuit(model, examples: Examples, ld_clean: Tensor, break_share: f
                      seed: int = 0, batch_size: int = 500, random_controls: int = 5) -> dict:
     """Mean-ablate each head at the question's positions; the heads that leave less than
     ``break_share`` of the clean logit difference form the circuit. Sufficiency keeps only them
-    (every other head mean-ablated); the control keeps as many random heads instead."""
+    (every other head mean-ablated); the control keeps as many random heads from outside it instead."""
     adapter = get_adapter(model)
     means = head_means(model, examples, batch_size)
     share = lambda heads: kept_share(ablated_ld(model, examples, heads, means, batch_size),  # noqa: E731
@@ -318,8 +318,8 @@ def planning_circuit(model, examples: Examples, ld_clean: Tensor, break_share: f
         summary["sufficiency"] = share(others)
         rng = np.random.default_rng(seed)
         controls = []
-        for _ in range(random_controls if others else 0):
-            kept = {heads[i] for i in rng.choice(len(heads), len(circuit), replace=False)}
+        for _ in range(random_controls if others else 0):  # never the circuit itself
+            kept = {others[i] for i in rng.choice(len(others), min(len(circuit), len(others)), replace=False)}
             controls.append(share([head for head in heads if head not in kept])["mean"])
         if controls:
             summary["random_control"] = {"n_sets": len(controls), "mean": float(np.mean(controls)),

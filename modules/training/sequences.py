@@ -145,15 +145,32 @@ class BatchStream(torch.utils.data.Dataset):
     to the batches already consumed and sees exactly what an uninterrupted run would.
     Whole batches are built from index slices, because per-example collation dominates the
     step time of a model this small on a CPU. Under DDP each rank reads every W-th item.
+
+    ``groups`` (a group number per row) keeps the rows of a group next to each other in the
+    permutation, so they share a batch unless a batch boundary falls between them: query twins
+    then meet in one gradient step. With every row its own group the stream is the plain one.
     """
 
-    def __init__(self, data: EncodedSequences, batch_size: int, seed: int, n_batches: int):
+    def __init__(self, data: EncodedSequences, batch_size: int, seed: int, n_batches: int,
+                 groups: torch.Tensor | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if groups is not None and groups.shape != (len(data),):
+            raise ValueError(f"groups must hold one group number per row ({len(data)}), got shape "
+                             f"{tuple(groups.shape)}")
         self.data, self.batch_size, self.seed, self.n_batches = data, batch_size, seed, n_batches
+        self.groups = groups
         self.per_epoch = max(1, len(data) // batch_size)  # drop the ragged tail batch
         self.start = 0
         self._epoch, self._order = -1, None
+
+    def _permutation(self, generator: torch.Generator) -> torch.Tensor:
+        if self.groups is None:
+            return torch.randperm(len(self.data), generator=generator)
+        n_groups = int(self.groups.max()) + 1
+        rank = torch.empty(n_groups, dtype=torch.long)
+        rank[torch.randperm(n_groups, generator=generator)] = torch.arange(n_groups)
+        return torch.argsort(rank[self.groups], stable=True)  # rows of a group in their written order
 
     def __len__(self) -> int:
         return self.n_batches
@@ -162,7 +179,7 @@ class BatchStream(torch.utils.data.Dataset):
         epoch, slot = divmod(self.start + i, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(len(self.data), generator=generator)
+            self._epoch, self._order = epoch, self._permutation(generator)
         return _take(self.data, self._order[slot * self.batch_size:(slot + 1) * self.batch_size])
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -142,15 +143,25 @@ def balance_query_chains(frame):
     return frame.loc[frame.index.repeat(repeats.to_numpy())]
 
 
+def rules_and_facts_groups(frame) -> torch.Tensor:
+    """A group number per row, in order of first appearance: rows with the same rules and facts
+    (query twins) share one. A row that ``balance_query_chains`` repeated gets a group of its own."""
+    shared = frame["prompt"].str.rsplit(" query ", n=1).str[0]
+    repeated = frame.index.duplicated()
+    key = shared.where(~repeated, shared + "\0" + pd.Series(range(len(frame)), index=frame.index).astype(str))
+    return torch.as_tensor(pd.factorize(key)[0], dtype=torch.long)
+
+
 def encode_frame(tokenizer, frame) -> EncodedSequences:
     return encode(tokenizer, frame["prompt"].tolist(), frame["answer"].tolist())
 
 
-def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainConfig, seed: int):
+def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainConfig, seed: int,
+                 groups: torch.Tensor | None = None):
     world = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     train_loader = torch.utils.data.DataLoader(
-        BatchStream(train, config.batch_size, seed, n_batches=config.max_steps * world), batch_size=None,
-        shuffle=False, collate_fn=collate_single)
+        BatchStream(train, config.batch_size, seed, n_batches=config.max_steps * world, groups=groups),
+        batch_size=None, shuffle=False, collate_fn=collate_single)
     val_loader = torch.utils.data.DataLoader(
         OrderedBatches(val, config.val_batch_size), batch_size=None, shuffle=False, collate_fn=collate_single)
     return train_loader, val_loader
@@ -246,7 +257,7 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
                      source_aux=config.source_aux, source_aux_layer=config.source_aux_layer)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
-    train_loader, val_loader = make_loaders(train, val, config, seed)
+    train_loader, val_loader = make_loaders(train, val, config, seed, rules_and_facts_groups(train_frame))
     resume = None
     if ckpt_dir is not None:
         fingerprint = run_fingerprint(config, seed, train, val)

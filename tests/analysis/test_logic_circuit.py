@@ -122,7 +122,7 @@ def test_study_finds_steers_and_isolates_the_planted_head(planted, copy_task, tm
     pairs, test = copy_task
     residuals = _residuals(model, tokenizer, test, tmp_path)
     config = CircuitConfig(n_problems=300, probe_epochs=60, routing_layer=0, random_directions=3,
-                           random_controls=2, batch_size=64, n_boot=200)
+                           random_controls=10, batch_size=64, n_boot=200)
     result = run_circuit_study(model, tokenizer, test, pairs, residuals, range(len(test)), config)
     summary = result.summary
     assert summary["flip_pairs"]["n_solved_examples"] == 80
@@ -141,6 +141,8 @@ def test_study_finds_steers_and_isolates_the_planted_head(planted, copy_task, tm
     circuit = summary["circuit"]
     assert circuit["circuit"] == [{"layer": PLANTED_LAYER, "head": PLANTED_HEAD}]
     assert circuit["sufficiency"]["mean"] > 0.9 and circuit["necessity"]["mean"] < 0.2
+    # ten draws of one head from all six would include the planted one; the control never keeps it
+    assert circuit["random_control"]["n_sets"] == 10 and circuit["random_control"]["max"] < 0.2
     # the routing direction (G minus D at the query) flips the answer; random ones of its norm do not
     steering = summary["steering"]
     assert steering["difference_of_means"]["flip"]["mean"] > 0.95

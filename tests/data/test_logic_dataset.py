@@ -61,6 +61,25 @@ def test_held_out_splits_stable_when_train_grows(frames):
         pd.testing.assert_frame_equal(bigger[split], frames[split])
 
 
+def test_query_twins_pair_every_problem_with_the_other_chains_query(frames):
+    twinned = generate_splits(11, SIZES, depth=3, query_twins=["train"])
+    for split in ("val", "test"):  # held-out splits are drawn as before
+        pd.testing.assert_frame_equal(twinned[split], frames[split])
+    train = twinned["train"]
+    assert len(train) == SIZES["train"] and train.id.is_unique
+    assert not train.prompt.isin(pd.concat([frames["val"].prompt, frames["test"].prompt])).any()
+    first, second = train.iloc[0::2].reset_index(drop=True), train.iloc[1::2].reset_index(drop=True)
+    assert (first.query_chain != second.query_chain).all()
+    assert (train.query_chain == "linear").mean() == 0.5
+    for a, b in zip(first.prompt, second.prompt):
+        st_a, st_b = parse_compact_prompt(a), parse_compact_prompt(b)
+        assert (st_a.rules, st_a.facts) == (st_b.rules, st_b.facts) and st_a.query != st_b.query
+    for row in train.itertuples():
+        assert row.answer == solve_compact(row.prompt)
+    again = generate_splits(11, SIZES, depth=3, query_twins=["train"])["train"]
+    pd.testing.assert_frame_equal(again, train)
+
+
 def _path_lengths(st, var):
     """Rule applications from the sources to `var`, per branch, walking the rules backwards."""
     rule = next((r for r in st.rules if r.conclusion == var), None)
@@ -157,6 +176,9 @@ def test_proportions_near_parameters():
     ({"sizes": {"../x": 5}}, r"sizes: split name must match"),
     ({"seed": "1"}, r"seed must be an int"),
     ({"rule_order": "sorted"}, r"rule_order must be one of \['shuffled', 'chain'\], got 'sorted'"),
+    ({"query_twins": ["val"]}, r"query_twins names split\(s\) \['val'\] that are not in sizes \['train'\]"),
+    ({"query_twins": ["train"], "sizes": {"train": 9}}, r"query_twins: split\(s\) \['train'\] must have an even size"),
+    ({"query_twins": "train"}, r"query_twins must be a list of split names, got 'train'"),
 ])
 def test_bad_parameters(kwargs, match):
     args = {"seed": 0, "sizes": {"train": 10}, **kwargs}

@@ -12,6 +12,7 @@ from modules.training.evaluate import breakdown, exact_matches
 from modules.training.sequences import encode
 from modules.training.train import TrainConfig, export_model, train_logic_model
 from modules.models.logic_model import load_checkpoint
+from modules.models.logic_tokenizer import build_logic_tokenizer
 from tests.training.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +124,34 @@ def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
     counts, before = balanced.query_chain.value_counts(), train.query_chain.value_counts()
     assert counts["logop"] == before["logop"] and 0.8 < counts["linear"] / counts["logop"] < 1.25
     assert set(balanced.id) == set(train.id)  # the same problems, the rarer chain repeated
+
+
+def test_query_twins_share_a_batch_and_other_rows_stream_as_before(small_splits):
+    from modules.data.logic import generate_splits
+    from modules.training.sequences import BatchStream
+    from modules.training.train import balance_query_chains, rules_and_facts_groups
+    train = small_splits["train"]
+    data = encode(build_logic_tokenizer(), train.prompt.tolist(), train.answer.tolist())
+    plain = BatchStream(data, 32, seed=5, n_batches=40)
+    singles = BatchStream(data, 32, seed=5, n_batches=40, groups=rules_and_facts_groups(train))
+    for i in range(40):  # every row its own group: the same batches, epoch after epoch
+        assert torch.equal(plain[i].input_ids, singles[i].input_ids)
+    balanced = balance_query_chains(train)
+    assert torch.equal(rules_and_facts_groups(balanced), torch.arange(len(balanced)))  # repeats are no twins
+
+    twins = generate_splits(seed=7, sizes={"train": 600}, depth=3, query_twins=["train"])["train"]
+    groups = rules_and_facts_groups(twins)
+    assert torch.equal(groups, torch.arange(600) // 2)
+    stream = BatchStream(encode(build_logic_tokenizer(), twins.prompt.tolist(), twins.answer.tolist()), 32,
+                         seed=5, n_batches=36, groups=groups)
+    for i in range(36):  # two epochs of 18 batches; a batch of 32 rows holds 16 pairs, 15 if cut at both ends
+        stream[i]
+        slot = i % stream.per_epoch
+        batch_groups = groups[stream._order[slot * 32:(slot + 1) * 32]]
+        assert int(batch_groups.bincount().eq(2).sum()) >= 15
+    assert sorted(stream._order.tolist()) == list(range(600))
+    with pytest.raises(ValueError, match=r"groups must hold one group number per row \(600\), got shape \(3,\)"):
+        BatchStream(stream.data, 32, seed=5, n_batches=1, groups=torch.zeros(3, dtype=torch.long))
 
 
 @pytest.mark.parametrize("key,value,message", [

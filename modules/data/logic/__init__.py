@@ -1,8 +1,8 @@
 """Propositional-logic reasoning data: generator, renderings, parser, independent solver."""
 from modules.data.logic.dataset import (COLUMNS, SCHEMA, TRACE_COLUMNS, few_shot_prompts, generate_flip_pairs,
                                         generate_splits, generate_traces, problem_row, read_split, read_traces,
-                                        read_training_rows, renderings, training_files, write_splits,
-                                        write_traces)
+                                        read_training_rows, renderings, splits_from_params, training_files,
+                                        write_splits, write_traces)
 from modules.data.logic.labels import conclusion_sources
 from modules.data.logic.generator import MAX_DEPTH, MIN_DEPTH, Problem, check_params, sample_problem
 from modules.data.logic.solver import (answers_agree, backward_trace, check_answer, solve, solve_compact,

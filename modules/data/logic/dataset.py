@@ -8,7 +8,7 @@ import random
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -72,9 +72,29 @@ def _check_sizes(sizes: dict[str, int]) -> None:
             raise ValueError(f"sizes[{name!r}] must be an int >= 1, got {n!r}")
 
 
+def query_twin(problem: Problem) -> Problem:
+    """The same rules and facts, queried at the end of the other chain."""
+    return replace(problem, query_chain="linear" if problem.query_chain == "logop" else "logop")
+
+
+def _check_query_twins(query_twins: Iterable[str], sizes: dict[str, int]) -> frozenset[str]:
+    if isinstance(query_twins, str):
+        raise ValueError(f"query_twins must be a list of split names, got {query_twins!r}")
+    twinned = frozenset(query_twins)
+    unknown = sorted(twinned - set(sizes))
+    if unknown:
+        raise ValueError(f"query_twins names split(s) {unknown} that are not in sizes {sorted(sizes)}")
+    odd = sorted(split for split in twinned if sizes[split] % 2)
+    if odd:
+        raise ValueError(f"query_twins: split(s) {odd} must have an even size (a problem and its twin), "
+                         f"got {[sizes[split] for split in odd]}")
+    return twinned
+
+
 def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_share: float = 0.8,
                     operators: Sequence[str] = OPERATORS, exclude: Iterable[str] = (),
-                    prompt_end: str = "answer", rule_order: str = "shuffled") -> dict[str, pd.DataFrame]:
+                    prompt_end: str = "answer", rule_order: str = "shuffled",
+                    query_twins: Iterable[str] = ()) -> dict[str, pd.DataFrame]:
     """Disjoint splits of distinct problems (distinct by compact prompt).
 
     Each split draws from its own seeded stream. Splits are filled smallest
@@ -83,12 +103,17 @@ def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_shar
     (e.g. another dataset's training split) count as taken. ``prompt_end``
     "query" stops the compact prompts at the query variable (the NL ones are unchanged);
     ``rule_order`` as in ``sample_problem``.
+
+    In the splits named in ``query_twins`` every problem is followed by its query twin: the same
+    rules and facts, the other chain's query (so half the rows query each chain, whatever
+    ``logop_share``). Rows 2i and 2i+1 are twins; such a split's size must be even.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     check_params(depth, logop_share, operators)
     check_prompt_end(prompt_end)
     _check_sizes(sizes)
+    twinned = _check_query_twins(query_twins, sizes)
     taken = set(exclude)
     frames = {}
     for split in sorted(sizes, key=lambda s: (sizes[s], s)):
@@ -98,14 +123,24 @@ def generate_splits(seed: int, sizes: dict[str, int], depth: int = 3, logop_shar
             if attempts > 20 * sizes[split] + 1000:
                 raise ValueError(f"sizes[{split!r}]={sizes[split]} is more distinct problems than "
                                  f"depth={depth}, operators={list(operators)} can supply")
-            row = problem_row(sample_problem(rng, depth, logop_share, operators, rule_order=rule_order), prompt_end)
-            if row["prompt"] in taken:
+            problem = sample_problem(rng, depth, logop_share, operators, rule_order=rule_order)
+            group = [problem_row(p, prompt_end) for p in ((problem, query_twin(problem)) if split in twinned
+                                                          else (problem,))]
+            if any(row["prompt"] in taken for row in group):
                 continue
-            taken.add(row["prompt"])
-            rows.append({"id": f"logic-d{depth}-s{seed}-{split}-{len(rows):07d}", "split": split,
-                         "depth": depth, **row})
+            for row in group:
+                taken.add(row["prompt"])
+                rows.append({"id": f"logic-d{depth}-s{seed}-{split}-{len(rows):07d}", "split": split,
+                             "depth": depth, **row})
         frames[split] = _frame(rows)
     return {split: frames[split] for split in sizes}
+
+
+def splits_from_params(data: Mapping) -> dict[str, pd.DataFrame]:
+    """``generate_splits`` as params.yaml's ``logic.data`` section describes the splits."""
+    return generate_splits(data["seed"], dict(data["sizes"]), data["depth"], data["logop_share"], data["operators"],
+                           prompt_end=data["prompt_end"], rule_order=data["rule_order"],
+                           query_twins=data["query_twins"])
 
 
 def _frame(rows: list[dict], schema: pa.Schema = SCHEMA) -> pd.DataFrame:
