@@ -195,11 +195,16 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+# Settings that change neither the batches nor the updates: the thread count, and when to stop.
+NOT_FINGERPRINTED = ("threads", "stop_on_perfect", "perfect_patience")
+
+
 def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> str:
-    """What a checkpoint was trained on: settings (threads aside), seed, the encoded data and the
-    training and model code. A checkpoint resumes only under the same fingerprint."""
+    """What a checkpoint was trained on: settings (those in NOT_FINGERPRINTED aside), seed, the
+    encoded data and the training and model code. A checkpoint resumes only under the same
+    fingerprint."""
     digest = hashlib.sha256()
-    settings = {k: v for k, v in config.as_dict().items() if k != "threads"}
+    settings = {k: v for k, v in config.as_dict().items() if k not in NOT_FINGERPRINTED}
     digest.update(json.dumps({"config": settings, "seed": seed}, sort_keys=True, default=str).encode())
     for tensor in (train.input_ids, train.prompt_lengths, train.source_targets, val.input_ids, val.prompt_lengths):
         if tensor is not None:
@@ -213,16 +218,21 @@ def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val
 RUN_FILE = "run.json"
 
 
-def resumable_checkpoint(ckpt_dir: Path, fingerprint: str) -> Path | None:
-    """``last.ckpt`` of an unfinished run with this fingerprint; anything else in ``ckpt_dir`` (a
-    finished run, other settings, other code or data) is cleared so training starts afresh."""
+def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig | None = None) -> Path | None:
+    """``last.ckpt`` of an unfinished run with this fingerprint, or of one that stopped early at
+    ``stopped_at_streak`` perfect validations in a row when ``config`` would train on past that.
+    Anything else in ``ckpt_dir`` (a finished run, other settings, other code or data) is cleared
+    so training starts afresh."""
     ckpt_dir = Path(ckpt_dir)
     last, record = ckpt_dir / "last.ckpt", ckpt_dir / RUN_FILE
     try:
         state = json.loads(record.read_text())
     except (OSError, ValueError):
         state = {}
-    if last.is_file() and state.get("fingerprint") == fingerprint and not state.get("complete"):
+    streak = state.get("stopped_at_streak")
+    goes_further = (config is not None and streak is not None
+                    and (not config.stop_on_perfect or config.perfect_patience > streak))
+    if last.is_file() and state.get("fingerprint") == fingerprint and (not state.get("complete") or goes_further):
         return last
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP workers see what rank 0 decided
         if ckpt_dir.exists():
@@ -261,14 +271,17 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     resume = None
     if ckpt_dir is not None:
         fingerprint = run_fingerprint(config, seed, train, val)
-        resume = resumable_checkpoint(ckpt_dir, fingerprint)
+        resume = resumable_checkpoint(ckpt_dir, fingerprint, config)
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
     wall = time.perf_counter() - start
-    finished = trainer.global_step >= config.max_steps or (config.stop_on_perfect and stopper.step_to_perfect is not None)
-    if ckpt_dir is not None and finished and trainer.is_global_zero:
-        # a later call (changed code or data made DVC rerun the stage) trains afresh, not reloads this
-        (Path(ckpt_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True}))
+    stopped_early = config.stop_on_perfect and stopper.streak >= config.perfect_patience
+    if ckpt_dir is not None and (trainer.global_step >= config.max_steps or stopped_early) and trainer.is_global_zero:
+        # a later call with these settings trains afresh, not reloads this; one that trains on past
+        # an early stop (stop_on_perfect=false, a longer patience) resumes it
+        stopped_at = stopper.streak if trainer.global_step < config.max_steps else None
+        (Path(ckpt_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True,
+                                                           "stopped_at_streak": stopped_at}))
     score = trainer.callback_metrics.get("val_exact_match")
     return TrainResult(module, stopper.time_to_perfect, stopper.step_to_perfect, trainer.global_step, wall,
                        float(score) if score is not None else float("nan"), stopper.history)

@@ -10,6 +10,7 @@ import torch
 from modules.models.decoding import teacher_forced_exact_match
 from modules.training.evaluate import breakdown, exact_matches
 from modules.training.sequences import encode
+from modules.training.logic_module import LogicLM
 from modules.training.train import TrainConfig, export_model, train_logic_model
 from modules.models.logic_model import load_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
@@ -62,6 +63,42 @@ def test_a_finished_or_foreign_checkpoint_is_never_resumed(small_splits, tmp_pat
     for result in (done, again, resumed):
         for a, b in zip(fresh.module.state_dict().values(), result.module.state_dict().values()):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+class StepCounter(__import__("lightning.pytorch").pytorch.Callback):
+    """Counts the training steps a call actually runs (a resumed run skips those in its checkpoint)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_end(self, *args):
+        self.steps += 1
+
+
+def test_a_run_stopped_at_perfect_scores_is_continued_by_settings_that_train_on(small_splits, tmp_path, monkeypatch):
+    # Every validation scores perfect, so the stop fires in a tiny run; validation never changes training.
+    monkeypatch.setattr(LogicLM, "exact_matches", lambda self, batch: torch.ones(len(batch), dtype=torch.bool))
+    full = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "stop_on_perfect": False})
+    early = replace(full, stop_on_perfect=True, perfect_patience=2)
+
+    def train(config):
+        counter = StepCounter()
+        result = train_logic_model(small_splits["train"], small_splits["val"], config, seed=4, ckpt_dir=tmp_path,
+                                   callbacks=[counter])
+        return result, counter.steps
+
+    straight = train_logic_model(small_splits["train"], small_splits["val"], full, seed=4)
+    stopped, ran = train(early)
+    assert stopped.steps == ran == 6 and stopped.step_to_perfect_val == 3
+    again, ran = train(early)
+    assert again.steps == ran == 6  # the same settings would stop there again: trained afresh
+    continued, ran = train(full)
+    assert continued.steps == 12 and ran == 6  # resumed at step 6, not retrained
+    assert continued.step_to_perfect_val == 3 and continued.history[-1]["step"] == 12
+    for a, b in zip(straight.module.state_dict().values(), continued.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+    longer, ran = train(replace(early, perfect_patience=3))  # nothing is left to continue after a whole schedule
+    assert longer.steps == ran == 9
 
 
 def test_evaluation_breakdown_counts_every_problem(small_splits, tmp_path):
