@@ -37,7 +37,8 @@ DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_
                 extra_depths=[], extra_share=0.0, first_token_weight=1.0, train_logop_share=None,
                 query_first=False, prompt_loss_weight=0.0, end_at_query=False, backward_aux=0.0,
                 multi_query=0, trace_depth=None, trace_every=1, more_traces=[], init_from=None,
-                trace_marker=False, rule_order="shuffled", source_aux=0.0, source_aux_layer=2)
+                trace_marker=False, rule_order="shuffled", source_aux=0.0, source_aux_layer=2,
+                activation="gelu_new")  # the recorded searches ran GPT-2's tanh GELU, not the pipeline's default
 
 
 def exact_per_problem(model, data, first_token_only: bool = False, batch_size: int = 2000) -> torch.Tensor:
@@ -68,7 +69,8 @@ def grown(model, n_layer: int, seed: int):
     """``model`` with new blocks on top, up to ``n_layer``: the new blocks' output projections start
     at zero, so the grown model computes exactly what the smaller one did."""
     config = model.config
-    bigger = build_logic_model(n_layer, config.n_head, config.n_embd, config.n_positions, 0.0, seed)
+    bigger = build_logic_model(n_layer, config.n_head, config.n_embd, config.n_positions, 0.0, seed,
+                               config.activation_function)
     bigger.load_state_dict(model.state_dict(), strict=False)  # the new blocks are the missing keys
     with torch.no_grad():
         for block in bigger.transformer.h[config.n_layer:]:
@@ -244,7 +246,7 @@ def main() -> None:
         if model.config.n_layer < cfg["n_layer"]:  # grow a shallower model (its lookups sit low) to n_layer
             model = grown(model, cfg["n_layer"], cfg["seed"])
     else:
-        model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"])
+        model = build_logic_model(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], 128, 0.0, cfg["seed"], cfg["activation"])
     model = model.to(device)
     # a probe-like head trained beside the model, then dropped: it reads the residual stream after
     # source_aux_layer blocks at each rule's conclusion and names what that conclusion descends from

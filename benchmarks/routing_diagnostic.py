@@ -192,7 +192,7 @@ def main() -> None:
         if args.with_copy:  # the copy task drills the same circuit (current letter -> the one after it) densely
             texts["train"] = half_and_half(texts["train"], letter_sequences(args.train_size, 2, "copy", 0))
     data = {name: encode(tokenizer, *pair) for name, pair in texts.items()}
-    model = build_logic_model(3, 3, 96, 128, 0.0, 0)
+    model = build_logic_model(3, 3, 96, 128, 0.0, 0, "gelu_new")  # as its recorded runs
     if args.position_init == "sinusoidal":
         sinusoidal_positions(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)

@@ -21,10 +21,10 @@ class LogicLM(pl.LightningModule):
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01,
                  warmup_frac: float = 0.1, beta2: float = 0.98, max_steps: int = 1000,
                  first_token_weight: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0,
-                 source_aux: float = 0.0, source_aux_layer: int = 2):
+                 source_aux: float = 0.0, source_aux_layer: int = 2, activation: str = "gelu"):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed)
+        self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed, activation)
         if source_aux:
             self.source_head = source_head(n_embd, self.model.config.vocab_size)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from modules.models.logic_model import save_checkpoint
+from modules.models.logic_model import ACTIVATIONS, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.training.logic_module import LogicLM
 from modules.training.sequences import (BatchStream, EncodedSequences, OrderedBatches, collate_single,
@@ -29,6 +29,7 @@ class TrainConfig:
     n_head: int = 3
     n_embd: int = 96
     dropout: float = 0.0
+    activation: str = "gelu"  # the MLP's (ACTIVATIONS in modules/models/logic_model.py)
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
@@ -75,6 +76,8 @@ class TrainConfig:
         if isinstance(config.source_aux_layer, float) or config.source_aux_layer > config.n_layer:
             raise ValueError(f"train.source_aux_layer must be an int in [1, train.n_layer={config.n_layer}], "
                              f"got {config.source_aux_layer!r}")
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"train.activation must be one of {list(ACTIVATIONS)}, got {config.activation!r}")
         if config.n_embd % config.n_head:
             raise ValueError(f"train.n_embd ({config.n_embd}) must be divisible by train.n_head ({config.n_head})")
         return config
@@ -171,9 +174,11 @@ def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence 
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     all_callbacks = list(callbacks)
     if ckpt_dir is not None:
-        all_callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", save_last=True,
-                                             every_n_train_steps=config.val_every, save_top_k=1,
-                                             monitor="val_exact_match", mode="max"))
+        # Saved at the end of every validation, so a checkpoint holds its own step's score and a
+        # resumed curve misses none. No monitor: with one, Lightning writes last.ckpt only when the
+        # score improves, and a run would resume from its best validation, not its latest.
+        all_callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_last=True,
+                                             save_on_train_epoch_end=False, save_top_k=1))
     return pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
         max_steps=config.max_steps, val_check_interval=min(config.val_every, config.max_steps),
@@ -218,7 +223,7 @@ def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val
 RUN_FILE = "run.json"
 
 
-def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig | None = None) -> Path | None:
+def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig) -> Path | None:
     """``last.ckpt`` of an unfinished run with this fingerprint, or of one that stopped early at
     ``stopped_at_streak`` perfect validations in a row when ``config`` would train on past that.
     Anything else in ``ckpt_dir`` (a finished run, other settings, other code or data) is cleared
@@ -230,8 +235,7 @@ def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig |
     except (OSError, ValueError):
         state = {}
     streak = state.get("stopped_at_streak")
-    goes_further = (config is not None and streak is not None
-                    and (not config.stop_on_perfect or config.perfect_patience > streak))
+    goes_further = (streak is not None and (not config.stop_on_perfect or config.perfect_patience > streak))
     if last.is_file() and state.get("fingerprint") == fingerprint and (not state.get("complete") or goes_further):
         return last
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP workers see what rank 0 decided
@@ -264,7 +268,8 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
                      max_steps=config.max_steps,
                      first_token_weight=config.first_token_weight,
                      prompt_loss_weight=config.prompt_loss_weight, seed=seed,
-                     source_aux=config.source_aux, source_aux_layer=config.source_aux_layer)
+                     source_aux=config.source_aux, source_aux_layer=config.source_aux_layer,
+                     activation=config.activation)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed, rules_and_facts_groups(train_frame))

@@ -47,6 +47,24 @@ def test_bad_model_shapes_are_rejected():
         build_logic_model(n_embd=32, n_head=3)
     with pytest.raises(ValueError, match="model.n_layer"):
         build_logic_model(n_layer=0)
+    with pytest.raises(ValueError, match=r"model.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\]"):
+        build_logic_model(activation="swish")
+
+
+def test_each_activation_is_saved_in_the_config_and_reloaded(tmp_path):
+    tokenizer = build_logic_tokenizer()
+    ids = torch.tensor([tokenizer("rules A > B . facts A 1 query B answer").input_ids])
+    logits = {}
+    for activation in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        model = build_logic_model(n_embd=24, seed=0, activation=activation).eval()
+        save_checkpoint(model, tokenizer, tmp_path / activation)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / activation)
+        assert loaded.config.activation_function == activation
+        logits[activation] = loaded(ids).logits
+        assert torch.equal(logits[activation], model(ids).logits)
+    # the same weights (same seed); the tanh form and its fused kernel are one function, the exact GELU is not
+    assert torch.allclose(logits["gelu_new"], logits["gelu_pytorch_tanh"], atol=1e-5)
+    assert not torch.equal(logits["gelu"], logits["gelu_new"])
 
 
 def test_loss_mask_covers_answer_and_eos_only():

@@ -47,6 +47,26 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(small_splits, tmp
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_run_killed_between_validations_resumes_with_its_whole_curve(small_splits, tmp_path):
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3})
+    straight = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1)
+
+    class KillAtStep7(__import__("lightning.pytorch").pytorch.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 7:
+                raise KeyboardInterrupt  # as Ctrl-C or a killed stage would, mid-way between validations
+
+    with pytest.raises(BaseException):
+        train_logic_model(small_splits["train"], small_splits["val"], config, seed=1, ckpt_dir=tmp_path,
+                          callbacks=[KillAtStep7()])
+    resumed = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1, ckpt_dir=tmp_path)
+    # the checkpoint at step 6 was written after step 6's validation, so the curve keeps it
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history] == [3, 6, 9, 12]
+    assert [h["val_exact_match"] for h in resumed.history] == [h["val_exact_match"] for h in straight.history]
+    for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_a_finished_or_foreign_checkpoint_is_never_resumed(small_splits, tmp_path):
     config = TrainConfig.from_params({**TINY, "max_steps": 6, "val_every": 3})
     fresh = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2)
@@ -201,6 +221,7 @@ def test_query_twins_share_a_batch_and_other_rows_stream_as_before(small_splits)
     ("source_aux_layer", 3, r"train.source_aux_layer must be an int in \[1, train.n_layer=2\], got 3"),
     ("source_aux_layer", 1.5, r"train.source_aux_layer must be an int in"),
     ("source_aux", -0.5, r"train.source_aux must be a number in"),
+    ("activation", "relu6", r"train.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\], got 'relu6'"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
