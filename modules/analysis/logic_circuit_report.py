@@ -190,7 +190,8 @@ def _seed_section(seed: int, summary: Mapping, figures_dir: str) -> list[str]:
                 ["keep only the circuit (every other head mean-ablated)", pct_ci(circuit["sufficiency"])]]
         if "random_control" in circuit:
             control = circuit["random_control"]
-            rows.append([f"control: keep {len(circuit['circuit'])} random heads from outside the circuit "
+            n_heads = len(circuit["circuit"])
+            rows.append([f"control: keep {n_heads} random head{'s' if n_heads > 1 else ''} from outside the circuit "
                          f"({control['n_sets']} sets)",
                          f"{100 * control['mean']:.1f}% (range {100 * control['min']:.1f}-{100 * control['max']:.1f}%)"])
         lines += ["", *markdown_table(["intervention", "clean logit difference kept"], rows)]
