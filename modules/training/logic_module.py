@@ -60,7 +60,10 @@ class LogicLM(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr, betas=(0.9, hp.beta2))
+        total = max(hp.max_steps, 2)
+        # OneCycleLR divides by zero when the warmup is exactly one step; a one-step warmup is none
+        pct_start = 0.0 if hp.warmup_frac * total == 1 else hp.warmup_frac
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=max(hp.max_steps, 2), pct_start=hp.warmup_frac,
+            optimizer, max_lr=hp.lr, total_steps=total, pct_start=pct_start,
             anneal_strategy="cos", cycle_momentum=False)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -246,6 +246,31 @@ def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig) 
     return None
 
 
+def encode_for_training(tokenizer, train_frame, val_frame, config: TrainConfig
+                        ) -> tuple[EncodedSequences, EncodedSequences]:
+    """The training and validation sequences, with the source-head labels ``config`` asks for."""
+    train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)
+    if config.source_aux:  # label the task's problems; traces of another depth have chains too long
+        task_depth = int(val_frame["depth"].iloc[0])
+        train.source_targets = conclusion_source_targets(tokenizer, train_frame["prompt"].tolist(),
+                                                         (train_frame["depth"] == task_depth).tolist(),
+                                                         train.input_ids.shape[1])
+    return train, val
+
+
+def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> LogicLM:
+    """A freshly initialised LightningModule for ``config``, with room for the longest sequence."""
+    n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
+    return LogicLM(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                   n_positions=n_positions, dropout=config.dropout, lr=config.lr,
+                   weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
+                   max_steps=config.max_steps,
+                   first_token_weight=config.first_token_weight,
+                   prompt_loss_weight=config.prompt_loss_weight, seed=seed,
+                   source_aux=config.source_aux, source_aux_layer=config.source_aux_layer,
+                   activation=config.activation)
+
+
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
                       loggers: Sequence = (), callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Fit a fresh model (or resume an interrupted run with the same fingerprint from
@@ -255,21 +280,8 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     tokenizer = build_logic_tokenizer()
     if config.balance_query_chains:
         train_frame = balance_query_chains(train_frame)
-    train, val = encode_frame(tokenizer, train_frame), encode_frame(tokenizer, val_frame)
-    if config.source_aux:  # label the task's problems; traces of another depth have chains too long
-        task_depth = int(val_frame["depth"].iloc[0])
-        train.source_targets = conclusion_source_targets(tokenizer, train_frame["prompt"].tolist(),
-                                                         (train_frame["depth"] == task_depth).tolist(),
-                                                         train.input_ids.shape[1])
-    n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
-    module = LogicLM(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                     n_positions=n_positions, dropout=config.dropout, lr=config.lr,
-                     weight_decay=config.weight_decay, warmup_frac=config.warmup_frac, beta2=config.beta2,
-                     max_steps=config.max_steps,
-                     first_token_weight=config.first_token_weight,
-                     prompt_loss_weight=config.prompt_loss_weight, seed=seed,
-                     source_aux=config.source_aux, source_aux_layer=config.source_aux_layer,
-                     activation=config.activation)
+    train, val = encode_for_training(tokenizer, train_frame, val_frame, config)
+    module = new_logic_module(config, seed, train, val)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
     train_loader, val_loader = make_loaders(train, val, config, seed, rules_and_facts_groups(train_frame))

@@ -211,6 +211,19 @@ def test_query_twins_share_a_batch_and_other_rows_stream_as_before(small_splits)
         BatchStream(stream.data, 32, seed=5, n_batches=1, groups=torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("max_steps,warmup_frac", [(10, 0.1), (20, 0.05), (3, 0.5), (2, 0.1)])
+def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmup_frac):
+    module = LogicLM(n_layer=1, n_head=1, n_embd=8, n_positions=8, max_steps=max_steps, warmup_frac=warmup_frac)
+    optimizers = module.configure_optimizers()
+    optimizer, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(max_steps):
+        optimizer.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    assert max(rates) <= module.hparams.lr * (1 + 1e-9) and rates[-1] < max(rates)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("lr", -1.0, r"train.lr must be a number in"),
     ("first_token_weight", -1, r"train.first_token_weight must be a number in \[0.0, 100.0\]"),
