@@ -50,9 +50,9 @@ routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show
 
-# The depth-3 recipe (README, "Depth 3"): each chain's rules in proof order, prompts that stop at
-# the query variable, every training problem beside its query twin in the same batch (the same
-# rules and facts, the other chain's query: a model that ignores the query cannot fit both), a
+# The depth-3 recipe (README, "The depth-3 recipe"): each chain's rules in proof order, prompts that
+# stop at the query variable, every training problem beside its query twin in the same batch (the
+# same rules and facts, the other chain's query: a model that ignores the query cannot fit both), a
 # head after layer 2 trained to name each rule conclusion's source, the first proof token's loss
 # weighted 4 (params.yaml's default), and a 4,000-step schedule whose learning rate peaks at step
 # 1,200 (warmup_frac 0.3), as the earlier 12,000-step one did, then anneals to zero; the whole
