@@ -76,7 +76,8 @@ def main() -> None:
                    "val_exact_match": result.val_exact_match, "test_exact_match": test["exact_match"],
                    "test_ci_low": test["ci_low"], "test_ci_high": test["ci_high"], "test_n": test["n"],
                    "total_s": time.perf_counter() - start}
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if v is not None and k != "seed"})
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if v is not None and k != "seed"},
+                               step=result.steps)
             rows.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     reached = [r["time_to_perfect_val_s"] for r in rows if r["time_to_perfect_val_s"] is not None]

@@ -30,7 +30,9 @@ def main() -> None:
         export_model(result.module, out / "models" / f"seed{args.seed}")
         write_json(summary, out / "train" / f"seed{args.seed}.json")
         atomic_write_text(out / "train" / f"seed{args.seed}_curve.csv", curve.to_csv(index=False))
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if v is not None and k != "seed"})
+        # at the last step, so that the UI's curves end with the summary instead of starting with it
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if v is not None and k != "seed"},
+                           step=result.steps)
         mlflow.log_figure(curve_figure(curve, f"seed {args.seed}"), "training_curve.png")
         mlflow.log_artifact(str(out / "train" / f"seed{args.seed}_curve.csv"))
     print(f"seed {args.seed}: val exact match {result.val_exact_match:.4f} after {result.steps} steps "

@@ -79,6 +79,10 @@ def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
         assert any(k.startswith("data_hash.") for k in r.data.params), name
     assert runs["tune-trial-0"].data.tags["mlflow.parentRunId"] == runs["tune"].info.run_id
     assert "val_exact_match" in runs["train-seed0"].data.metrics
+    # the curve in the UI: every validation at its own step, the run's summary at its last one
+    curve = client.get_metric_history(runs["train-seed0"].info.run_id, "val_exact_match")
+    steps = runs["train-seed0"].data.metrics["steps"]
+    assert len(curve) >= 2 and min(m.step for m in curve) > 0 and max(m.step for m in curve) == steps
     artifacts = {a.path for a in client.list_artifacts(runs["evaluate-seed0"].info.run_id)}
     assert {"test_breakdown.csv", "test_breakdown.png"} <= artifacts
     assert "training_curve.png" in {a.path for a in client.list_artifacts(runs["train-seed0"].info.run_id)}
