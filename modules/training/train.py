@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
 from modules.models.logic_model import ACTIVATIONS, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
@@ -44,6 +44,7 @@ class TrainConfig:
     val_every: int = 250
     val_batch_size: int = 1000
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # an exponential moving average of the weights from the learning-rate peak on; 0 = none
     stop_on_perfect: bool = True
     perfect_patience: int = 1
     accelerator: str = "auto"
@@ -56,7 +57,8 @@ class TrainConfig:
               "first_token_weight": (0.0, 100.0), "prompt_loss_weight": (0.0, 100.0),
               "source_aux": (0.0, 100.0), "source_aux_layer": (1, 48),
               "batch_size": (1, 1 << 16), "max_steps": (1, 10**8), "val_every": (1, 10**8),
-              "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "perfect_patience": (1, 1000),
+              "val_batch_size": (1, 1 << 16), "grad_clip": (0.0, 1e6), "ema_decay": (0.0, 0.999999),
+              "perfect_patience": (1, 1000),
               "dropout": (0.0, 0.99), "threads": (0, 1024)}
 
     @classmethod
@@ -133,6 +135,41 @@ class PerfectAccuracyStop(Callback):
             trainer.should_stop = True
 
 
+class AverageFromPeak(EMAWeightAveraging):
+    """Lightning's EMA of the weights, updated from the learning-rate peak (the end of warmup) on.
+    Validation, checkpoints and the final model use the average once it has one update; before
+    that, the live weights (Lightning would swap in the untrained copy it starts from)."""
+
+    def __init__(self, decay: float, start_step: int):
+        super().__init__(decay=decay, update_starting_at_step=start_step)
+        self._swapped = False
+
+    def _averaging(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._swapped = self._averaging()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+        self._swapped = False
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._averaging():
+            self._copy_average_to_current(pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self._averaging():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if "averaging_state" in checkpoint:  # else the average has not started: nothing to restore
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
 def balance_query_chains(frame):
     """Repeat the rows of each rarer query chain so every chain is about equally common.
 
@@ -173,6 +210,8 @@ def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainCo
 def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence = (),
                   callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     all_callbacks = list(callbacks)
+    if config.ema_decay:
+        all_callbacks.append(AverageFromPeak(config.ema_decay, int(config.warmup_frac * config.max_steps)))
     if ckpt_dir is not None:
         # Saved at the end of every validation, so a checkpoint holds its own step's score and a
         # resumed curve misses none. No monitor: with one, Lightning writes last.ckpt only when the

@@ -67,6 +67,68 @@ def test_a_run_killed_between_validations_resumes_with_its_whole_curve(small_spl
         assert torch.allclose(a, b, atol=1e-5)
 
 
+class RecordWeights(__import__("lightning.pytorch").pytorch.Callback):
+    """The weights after every optimizer step and the weights each validation scores, by global step."""
+
+    def __init__(self):
+        self.after, self.validated = {}, {}
+
+    @staticmethod
+    def weights(pl_module):
+        return {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.after[trainer.global_step] = self.weights(pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, *args):  # after every epoch-start hook
+        self.validated[trainer.global_step] = self.weights(pl_module)
+
+
+def ema(start: dict, later: list[dict], decay: float) -> dict:
+    average = dict(start)
+    for weights in later:
+        average = {k: decay * v + (1 - decay) * weights[k] if v.is_floating_point() else v
+                   for k, v in average.items()}
+    return average
+
+
+def all_close(a: dict, b: dict) -> bool:
+    return all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_the_weight_average_starts_at_the_learning_rate_peak_and_is_the_model_trained(small_splits):
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "warmup_frac": 0.5,
+                                      "ema_decay": 0.6})
+    seen = RecordWeights()
+    result = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1, callbacks=[seen])
+    # The peak is step 6: the average starts as the weights after step 7, then takes
+    # average = 0.6 * average + 0.4 * weights after each later step.
+    average_at = {step: ema(seen.after[7], [seen.after[s] for s in range(8, step + 1)], 0.6) for step in (9, 12)}
+    # validations before the peak score the live weights, not the untrained copy the average starts from
+    assert all_close(seen.validated[3], seen.after[3]) and all_close(seen.validated[6], seen.after[6])
+    assert all_close(seen.validated[9], average_at[9]) and not all_close(seen.validated[9], seen.after[9])
+    assert all_close(result.module.state_dict(), average_at[12])
+    assert not all_close(result.module.state_dict(), seen.after[12])
+
+
+def test_a_run_killed_while_averaging_resumes_the_average(small_splits, tmp_path):
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "warmup_frac": 0.5, "ema_decay": 0.6})
+    straight = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1)
+
+    class KillAtStep10(__import__("lightning.pytorch").pytorch.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 10:
+                raise KeyboardInterrupt
+
+    with pytest.raises(BaseException):
+        train_logic_model(small_splits["train"], small_splits["val"], config, seed=1, ckpt_dir=tmp_path,
+                          callbacks=[KillAtStep10()])
+    resumed = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1, ckpt_dir=tmp_path)
+    assert [h["val_exact_match"] for h in resumed.history] == [h["val_exact_match"] for h in straight.history]
+    for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_a_finished_or_foreign_checkpoint_is_never_resumed(small_splits, tmp_path):
     config = TrainConfig.from_params({**TINY, "max_steps": 6, "val_every": 3})
     fresh = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2)
@@ -234,6 +296,7 @@ def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmu
     ("source_aux_layer", 3, r"train.source_aux_layer must be an int in \[1, train.n_layer=2\], got 3"),
     ("source_aux_layer", 1.5, r"train.source_aux_layer must be an int in"),
     ("source_aux", -0.5, r"train.source_aux must be a number in"),
+    ("ema_decay", 1.0, r"train.ema_decay must be a number in \[0.0, 0.999999\], got 1.0"),
     ("activation", "relu6", r"train.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\], got 'relu6'"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
