@@ -142,20 +142,18 @@ class AverageFromPeak(EMAWeightAveraging):
 
     def __init__(self, decay: float, start_step: int):
         super().__init__(decay=decay, update_starting_at_step=start_step)
-        self._swapped = False
 
     def _averaging(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
 
+    # No update happens during validation, so the end swaps back exactly when the start swapped.
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._swapped = self._averaging()
-        if self._swapped:
+        if self._averaging():
             self._swap_models(pl_module)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._swapped:
+        if self._averaging():
             self._swap_models(pl_module)
-        self._swapped = False
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._averaging():
