@@ -3,9 +3,12 @@ import json
 import shutil
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file
 
+from modules.data.logic import parse_compact_prompt
 from modules.engine.activation_cache import ActivationCache
 from tests.pipeline.conftest import make_project, run
 
@@ -35,11 +38,38 @@ def test_repro_runs_every_stage_and_writes_outputs(repro_project):
     seed0 = next(iter(metrics.values()))["data"]["artifacts/logic/metrics/seed0.json"]["data"]
     assert seed0["test"]["n"] == 120 and 0.0 <= seed0["test"]["ci_low"] <= seed0["test"]["exact_match"] <= seed0["test"]["ci_high"]
     cache = ActivationCache(project / "artifacts/logic/activations/seed0")
-    assert cache.n_examples == 50 and cache.metadata["extra"]["positions"] == [-3, -2, -1]
-    assert cache["resid_post.2"].shape == (50, 3, 24) and cache["resid_pre.0"].shape == (50, 3, 24)
+    assert cache.n_examples == 50 and cache.metadata["extra"]["positions"] == [-2, -1]
+    assert cache["resid_post.2"].shape == (50, 2, 24) and cache["resid_pre.0"].shape == (50, 2, 24)
     best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
     assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
     assert best["study"].startswith("logic-gpt2-")  # named by its settings fingerprint
+
+
+def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro_project):
+    project, env, _ = repro_project
+    data = project / "artifacts/logic/data"
+    train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")
+    pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
+    for prompt in [*test.prompt, *pairs.prompt_logop]:
+        rules = parse_compact_prompt(prompt).rules
+        concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
+        assert all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises), prompt
+    assert (test.depth == 3).all() and test.prompt.str.match(r".* query [A-Z]$").all()
+    # every training problem is followed by its query twin: the same rules and facts, the other chain
+    stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()
+    assert (stems[::2] == stems[1::2]).all()
+    assert (train.query_chain.to_numpy()[::2] != train.query_chain.to_numpy()[1::2]).all()
+    validation = json.loads((project / "artifacts/logic/validation.json").read_text())
+    assert validation["success"] and validation["splits"]["benchmark"]["success"]  # the frozen set: shuffled
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    train_run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
+    assert float(train_run.data.params["source_aux"]) == 1.0
+    model_keys = set(load_file(project / "artifacts/logic/models/seed0/model.safetensors"))
+    assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
+    report = (project / "reports/logic/README.md").read_text()
+    assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
+    assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
 
 
 def test_second_repro_is_a_no_op(repro_project):

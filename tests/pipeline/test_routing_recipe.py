@@ -1,6 +1,7 @@
-"""The routing recipes (`make routing`, `make depth3`) end to end: the Makefile's own overrides, as DVC
-experiments of the tiny pipeline. Prompts stop at the query variable, trace sequences or the
-conclusion-source head join the training, and every later stage reads the data that way."""
+"""The Makefile's recipes other than the default (`make routing`, `make shuffled`) end to end: its own
+overrides, as DVC experiments of the tiny pipeline. The routing recipe stops prompts at the query and
+trains on trace sequences; the shuffled one is the task as the paper writes it, without the default
+recipe's proof-order rules, query twins or source head; every later stage reads the data that way."""
 import json
 import re
 import shlex
@@ -8,22 +9,28 @@ import shlex
 import mlflow
 import pandas as pd
 
-from safetensors.torch import load_file
 
 from modules.data.logic import parse_compact_prompt, read_traces, trace_compact
 from modules.engine.activation_cache import ActivationCache
 from tests.pipeline.conftest import ROOT, make_project, run
 
-TINY = {"logic.data.traces.size": "150", "logic.train.max_steps": "8", "logic.train.val_every": "4",
-        "logic.seeds": "[0]"}
+TINY = {"logic.data.sizes.train": "400", "logic.data.traces.size": "150", "logic.train.max_steps": "8",
+        "logic.train.val_every": "4", "logic.seeds": "[0]"}
+
+
+def makefile_variable(name: str) -> str:
+    """A Makefile variable's value, with the `$(OTHER)` variables it names expanded."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    value = re.search(rf"^{name} := (.*)$", text, re.M).group(1)
+    return re.sub(r"\$\((\w+)\)", lambda m: makefile_variable(m.group(1)), value)
 
 
 def makefile_overrides(variable: str, **tiny: str) -> list[str]:
     """The `-S key=value` pairs of one of the Makefile's recipes, with tiny sizes."""
-    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    flags = shlex.split(re.search(rf"^{variable} := (.*)$", text, re.M).group(1))
-    pairs = dict(flag.split("=", 1) for flag in flags if flag != "-S")
-    assert pairs["logic.data.prompt_end"] == "query"
+    flags = shlex.split(makefile_variable(variable))
+    assert flags[::2] == ["-S"] * (len(flags) // 2)
+    pairs = dict(flag.split("=", 1) for flag in flags[1::2])
+    assert len(pairs) == len(flags) // 2, "a key set twice"  # dvc would apply only one of them
     return [arg for key, value in {**pairs, **tiny}.items() for arg in ("-S", f"{key}={value}")]
 
 
@@ -64,30 +71,27 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
     assert report.count("not applicable: the last position is the query") == 2  # the two attention rows
 
 
-def test_depth3_experiment_writes_rules_in_proof_order_and_trains_the_source_head(tmp_path):
+def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
     project, env = make_project(tmp_path)
-    overrides = makefile_overrides("DEPTH3_PARAMS", **{"logic.data.sizes.train": "400", **TINY,
-                                                       "logic.data.traces.size": "0",  # none in this recipe
-                                                       "logic.train.max_steps": "50",  # one logged step
-                                                       "logic.train.val_every": "25"})
-    result = run(["dvc", "exp", "run", "-n", "depth3-tiny", *overrides], project, env, timeout=900)
+    overrides = makefile_overrides("SHUFFLED_PARAMS", **{**TINY, "logic.data.traces.size": "0"})
+    result = run(["dvc", "exp", "run", "-n", "shuffled-tiny", *overrides], project, env, timeout=900)
     assert "Running stage 'report_logic'" in result.stdout
     data = project / "artifacts/logic/data"
-    test = pd.read_parquet(data / "test.parquet")
-    pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
-    for prompt in [*test.prompt, *pairs.prompt_logop]:
+    train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")
+    assert test.prompt.str.match(r".* query [A-Z] answer$").all()
+    stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()
+    assert len(train) == 400 and not (stems[::2] == stems[1::2]).any()  # no query twins
+    out_of_order = 0
+    for prompt in test.prompt:
         rules = parse_compact_prompt(prompt).rules
         concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
-        assert all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises), prompt
-    assert (test.depth == 3).all() and test.prompt.str.match(r".* query [A-Z]$").all()
-    validation = json.loads((project / "artifacts/logic/validation.json").read_text())
-    assert validation["success"] and validation["splits"]["benchmark"]["success"]  # the frozen set: shuffled
+        out_of_order += any(concluded_at.get(p, -1) > i for i, rule in enumerate(rules) for p in rule.premises)
+    assert out_of_order > len(test) / 2  # one random order for all rules
+    cache = ActivationCache(project / "artifacts/logic/activations/seed0")
+    assert cache.metadata["extra"]["positions"] == [-3, -2, -1]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("propositional-logic")
-    train = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
-    assert float(train.data.params["source_aux"]) == 1.0 and "train_source_loss" in train.data.metrics
-    model_keys = set(load_file(project / "artifacts/logic/models/seed0/model.safetensors"))
-    assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
-    report = (project / "reports/logic_depth3/README.md").read_text()
-    assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
-    assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
+    train_run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
+    assert float(train_run.data.params["source_aux"]) == 0.0 and train_run.data.params["stop_on_perfect"] == "True"
+    report = (project / "reports/logic_shuffled/README.md").read_text()
+    assert "400 depth-3 problems whose prompts end with `query Q answer`" in report
