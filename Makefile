@@ -58,7 +58,8 @@ BASELINE_PARAMS := -S logic.data.rule_order=shuffled -S 'logic.data.query_twins=
   -S logic.pairs.rule_order=shuffled -S logic.train.source_aux=0.0 -S logic.train.warmup_frac=0.1 \
   -S logic.train.stop_on_perfect=true
 SHUFFLED_PARAMS := $(BASELINE_PARAMS) -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer \
-  -S 'logic.activations.positions=[-3,-2,-1]' -S logic.train.max_steps=4000 -S logic.report.dir=reports/logic_shuffled
+  -S 'logic.activations.positions=[-3,-2,-1]' -S logic.train.first_token_weight=4.0 -S logic.train.max_steps=4000 \
+  -S logic.report.dir=reports/logic_shuffled
 shuffled: SEEDS = [0]
 shuffled: setup
 	dvc exp run -n shuffled-$(SEED_NAME) $(SHUFFLED_PARAMS) -S 'logic.seeds=$(SEEDS)'
