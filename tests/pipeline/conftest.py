@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modules.data.logic import parse_compact_prompt
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -29,6 +31,13 @@ TINY_PARAMS = {
              "study_name": "logic-gpt2", "seed": 0,
              "space": {"lr": {"kind": "log_float", "values": [0.001, 0.01]}}},
 }
+
+
+def in_proof_order(prompt: str) -> bool:
+    """Whether every rule's premises are concluded by rules written before it (or are sources)."""
+    rules = parse_compact_prompt(prompt).rules
+    concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
+    return all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises)
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600):

@@ -8,9 +8,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from modules.data.logic import parse_compact_prompt
 from modules.engine.activation_cache import ActivationCache
-from tests.pipeline.conftest import make_project, run
+from tests.pipeline.conftest import in_proof_order, make_project, run
 
 @pytest.fixture(scope="module")
 def scratch_project(tmp_path_factory):
@@ -51,9 +50,7 @@ def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro
     train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")
     pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
     for prompt in [*test.prompt, *pairs.prompt_logop]:
-        rules = parse_compact_prompt(prompt).rules
-        concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
-        assert all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises), prompt
+        assert in_proof_order(prompt), prompt
     assert (test.depth == 3).all() and test.prompt.str.match(r".* query [A-Z]$").all()
     # every training problem is followed by its query twin: the same rules and facts, the other chain
     stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()

@@ -10,9 +10,9 @@ import mlflow
 import pandas as pd
 
 
-from modules.data.logic import parse_compact_prompt, read_traces, trace_compact
+from modules.data.logic import read_traces, trace_compact
 from modules.engine.activation_cache import ActivationCache
-from tests.pipeline.conftest import ROOT, make_project, run
+from tests.pipeline.conftest import ROOT, in_proof_order, make_project, run
 
 TINY = {"logic.data.sizes.train": "400", "logic.data.traces.size": "150", "logic.train.max_steps": "8",
         "logic.train.val_every": "4", "logic.seeds": "[0]"}
@@ -81,11 +81,7 @@ def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
     assert test.prompt.str.match(r".* query [A-Z] answer$").all()
     stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()
     assert len(train) == 400 and not (stems[::2] == stems[1::2]).any()  # no query twins
-    out_of_order = 0
-    for prompt in test.prompt:
-        rules = parse_compact_prompt(prompt).rules
-        concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
-        out_of_order += any(concluded_at.get(p, -1) > i for i, rule in enumerate(rules) for p in rule.premises)
+    out_of_order = sum(not in_proof_order(prompt) for prompt in test.prompt)
     assert out_of_order > len(test) / 2  # one random order for all rules
     cache = ActivationCache(project / "artifacts/logic/activations/seed0")
     assert cache.metadata["extra"]["positions"] == [-3, -2, -1]
