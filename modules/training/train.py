@@ -295,6 +295,28 @@ def encode_for_training(tokenizer, train_frame, val_frame, config: TrainConfig
     return train, val
 
 
+@dataclass
+class TrainingData:
+    """Encoded training and validation sequences with the batch groups, as ``config`` wants them:
+    built once and reused by every run of the same data (a tuning study's trials)."""
+    train: EncodedSequences
+    val: EncodedSequences
+    groups: torch.Tensor
+    balanced: bool
+    source_labels: bool
+
+    @classmethod
+    def from_frames(cls, train_frame, val_frame, config: TrainConfig) -> "TrainingData":
+        if config.balance_query_chains:
+            train_frame = balance_query_chains(train_frame)
+        train, val = encode_for_training(build_logic_tokenizer(), train_frame, val_frame, config)
+        return cls(train, val, rules_and_facts_groups(train_frame), config.balance_query_chains,
+                   bool(config.source_aux))
+
+    def suits(self, config: TrainConfig) -> bool:
+        return self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
+
+
 def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> LogicLM:
     """A freshly initialised LightningModule for ``config``, with room for the longest sequence."""
     n_positions = 1 << int(max(train.input_ids.shape[1], val.input_ids.shape[1]) - 1).bit_length()
@@ -309,19 +331,20 @@ def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, va
 
 
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
-                      loggers: Sequence = (), callbacks: Sequence[Callback] = ()) -> TrainResult:
+                      loggers: Sequence = (), callbacks: Sequence[Callback] = (),
+                      data: TrainingData | None = None) -> TrainResult:
     """Fit a fresh model (or resume an interrupted run with the same fingerprint from
-    ``ckpt_dir/last.ckpt``) and return it with its timings."""
+    ``ckpt_dir/last.ckpt``) and return it with its timings. ``data``, the frames already encoded
+    (``TrainingData.from_frames``), saves encoding them again when it suits ``config``."""
     torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
     pl.seed_everything(seed, workers=True, verbose=False)
-    tokenizer = build_logic_tokenizer()
-    if config.balance_query_chains:
-        train_frame = balance_query_chains(train_frame)
-    train, val = encode_for_training(tokenizer, train_frame, val_frame, config)
+    if data is None or not data.suits(config):
+        data = TrainingData.from_frames(train_frame, val_frame, config)
+    train, val = data.train, data.val
     module = new_logic_module(config, seed, train, val)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
     trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
-    train_loader, val_loader = make_loaders(train, val, config, seed, rules_and_facts_groups(train_frame))
+    train_loader, val_loader = make_loaders(train, val, config, seed, data.groups)
     resume = None
     if ckpt_dir is not None:
         fingerprint = run_fingerprint(config, seed, train, val)

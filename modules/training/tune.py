@@ -11,7 +11,7 @@ import pandas as pd
 from optuna_integration import PyTorchLightningPruningCallback
 
 from modules.tracking.mlflow_tracking import in_project, lightning_logger, tracked_run
-from modules.training.train import TrainConfig, train_logic_model
+from modules.training.train import TrainConfig, TrainingData, train_logic_model
 
 # name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
 SPACE_KINDS = {"log_float", "float", "choice"}
@@ -75,14 +75,20 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 
+    encoded: list[TrainingData] = []  # encoding 200,000 rows takes seconds; trials share it
+
     def objective(trial: optuna.Trial) -> float:
         config = replace(base, **suggest(trial, space), max_steps=trial_max_steps, stop_on_perfect=True)
         TrainConfig.from_params(config.as_dict())  # range-check the sampled values
+        data = next((d for d in encoded if d.suits(config)), None)
+        if data is None:
+            data = TrainingData.from_frames(train_frame, val_frame, config)
+            encoded.append(data)
         with tracked_run(mlflow_study, f"tune-trial-{trial.number}", config.as_dict(), nested=True,
                          tags={"optuna_study": study_name, "optuna_trial": str(trial.number)}) as run:
             pruner = PyTorchLightningPruningCallback(trial, monitor="val_exact_match")
             result = train_logic_model(train_frame, val_frame, config, seed=seed,
-                                       loggers=[lightning_logger(run)], callbacks=[pruner])
+                                       loggers=[lightning_logger(run)], callbacks=[pruner], data=data)
             trial.set_user_attr("steps", result.steps)
             trial.set_user_attr("wall_s", result.wall_s)
             return result.val_exact_match

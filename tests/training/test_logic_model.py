@@ -67,6 +67,33 @@ def test_each_activation_is_saved_in_the_config_and_reloaded(tmp_path):
     assert not torch.equal(logits["gelu"], logits["gelu_new"])
 
 
+def test_encode_writes_prompt_answer_and_eos_then_pads_each_row():
+    tokenizer = build_logic_tokenizer()
+    prompts = ["rules A > B . facts A 1 query B", "rules A or C > B . B > D . facts A 1 C 0 query D"]
+    answers = ["A A > B B", "undetermined"]
+    batch = encode(tokenizer, prompts, answers)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        words = prompt.split() + answer.split() + ["<eos>"]
+        assert batch.lengths[row] == len(words) and batch.prompt_lengths[row] == len(prompt.split())
+        assert tokenizer.convert_ids_to_tokens(batch.input_ids[row, :len(words)].tolist()) == words
+        assert (batch.input_ids[row, len(words):] == tokenizer.pad_token_id).all()
+    assert batch.input_ids.shape == (2, max(batch.lengths)) and batch.input_ids.dtype == torch.long
+    with pytest.raises(ValueError, match="'Q!' is not in the logic vocabulary"):
+        encode(tokenizer, ["rules Q! > B . facts A 1 query B"], [""])
+
+
+def test_source_targets_label_rule_conclusions_alike_in_query_twins():
+    from modules.training.sequences import conclusion_source_targets
+    tokenizer = build_logic_tokenizer()
+    twins = ["rules A or C > B . B > D . E > F . facts A 1 C 0 E 1 query D",
+             "rules A or C > B . B > D . E > F . facts A 1 C 0 E 1 query F"]
+    targets = conclusion_source_targets(tokenizer, [*twins, twins[0]], [True, True, False], 24)
+    positions = (targets[0] != -100).nonzero()[:, 0].tolist()
+    labelled = dict(zip(positions, tokenizer.convert_ids_to_tokens(targets[0, positions].tolist())))
+    assert labelled == {5: "or", 9: "or", 13: "E"}  # the conclusions B, D (after the merge) and F
+    assert torch.equal(targets[0], targets[1]) and (targets[2] == -100).all()
+
+
 def test_loss_mask_covers_answer_and_eos_only():
     tokenizer = build_logic_tokenizer()
     batch = encode(tokenizer, ["rules A > B . facts A 1 query B answer", "rules A > B . facts A 0 query B answer"],

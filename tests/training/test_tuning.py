@@ -42,6 +42,30 @@ def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_pa
     assert all("val_exact_match" in r.data.metrics for r in nested)
 
 
+def test_trials_share_one_encoding_of_the_data(small_splits, tmp_path, monkeypatch):
+    # Encoding the 200,000-row default split takes seconds; the trials of a study encode it once,
+    # and again only for a trial whose settings change what is encoded.
+    from modules.training.train import TrainingData
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    built = []
+    original = TrainingData.from_frames.__func__
+
+    def counting(cls, train_frame, val_frame, config):
+        built.append(config.source_aux)
+        return original(cls, train_frame, val_frame, config)
+
+    monkeypatch.setattr(TrainingData, "from_frames", classmethod(counting))
+    space = {**SPACE, "source_aux": {"kind": "choice", "values": [0.0, 1.0]}}
+    with tracked_run("tuning-test", "tune"):
+        study = run_study(small_splits["train"], small_splits["val"], TrainConfig.from_params(TINY), space,
+                          n_trials=4, timeout_s=None, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s",
+                          seed=0, trial_max_steps=2, mlflow_study="tuning-test")
+    chosen = [bool(t.params["source_aux"]) for t in study.trials]
+    assert len(chosen) == 4 and set(chosen) == {False, True}  # both kinds of data were asked for
+    assert sorted(set(map(bool, built))) == [False, True]
+    assert len(built) == len(set(chosen))  # one encoding per distinct kind of data, not per trial
+
+
 def _tuning_worker(barrier, splits, storage: str, mlflow_uri: str) -> None:
     import os
 
