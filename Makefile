@@ -8,14 +8,20 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup pipeline seeds depth3 shuffled routing test benchmark-training benchmark-patching
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing test benchmark-training benchmark-patching
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
+setup-dev: setup $(VENV)/.installed-dev
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
+	touch $@
+
+# The tests' and benchmarks' extras (pytest, TransformerLens, nnsight), which the main job does without.
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c requirements.lock
 	touch $@
 
 # The frozen benchmark comes from the DVC remote; on a machine that cannot reach the team's
@@ -76,11 +82,11 @@ routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest -q tests
 
 benchmark-training: setup
 	$(PY) -m benchmarks.bench_training
 
-benchmark-patching: setup
+benchmark-patching: setup-dev
 	$(PY) -m benchmarks.bench_patching --threads 1
