@@ -23,10 +23,9 @@ import torch
 from benchmarks.bench_training import apply_overrides
 from modules.data.logic import splits_from_params
 from modules.models.logic_model import ACTIVATIONS
-from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.tracking.mlflow_tracking import tracked_run
 from modules.training.sequences import BatchStream
-from modules.training.train import TrainConfig, encode_for_training, new_logic_module, rules_and_facts_groups
+from modules.training.train import TrainConfig, TrainingData, new_logic_module
 from pipelines._stage import LOGIC_STUDY, params, run
 
 BASELINE = "gelu_new"
@@ -72,8 +71,8 @@ def main() -> None:
     config = TrainConfig.from_params(logic["train"])
     torch.set_num_threads(args.threads)
     splits = splits_from_params(data)
-    train, val = encode_for_training(build_logic_tokenizer(), splits["train"], splits["val"], config)
-    groups = rules_and_facts_groups(splits["train"])
+    data = TrainingData.from_frames(splits["train"], splits["val"], config)
+    train, val, groups = data.train, data.val, data.groups
     n_batches = args.warmup + args.reps * args.steps
     timers = {a: StepTimer(replace(config, activation=a), 0, train, val, groups, n_batches)
               for a in args.activations}

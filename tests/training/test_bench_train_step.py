@@ -9,8 +9,7 @@ import torch
 
 from benchmarks.bench_train_step import StepTimer
 from modules.data.logic import splits_from_params
-from modules.models.logic_tokenizer import build_logic_tokenizer
-from modules.training.train import TrainConfig, encode_for_training, rules_and_facts_groups
+from modules.training.train import TrainConfig, TrainingData
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,8 +19,8 @@ def test_timed_steps_update_the_model_and_take_positive_time():
             "rule_order": "shuffled", "query_twins": [], "sizes": {"train": 64, "val": 16, "test": 16}}
     splits = splits_from_params(data)
     config = TrainConfig(batch_size=16, max_steps=10, source_aux=1.0)
-    train, val = encode_for_training(build_logic_tokenizer(), splits["train"], splits["val"], config)
-    timer = StepTimer(config, 0, train, val, rules_and_facts_groups(splits["train"]), n_batches=4)
+    data = TrainingData.from_frames(splits["train"], splits["val"], config)
+    timer = StepTimer(config, 0, data.train, data.val, data.groups, n_batches=4)
     before = [p.detach().clone() for p in timer.module.parameters()]
     assert timer(0, 2) > 0
     after = list(timer.module.parameters())
