@@ -1,18 +1,21 @@
-"""Seconds per training step of the logic model, for each MLP activation, timed in one process.
+"""Seconds per training step of the logic model, for each MLP activation, forward pass and
+attention kernel, timed in one process.
 
     python -m benchmarks.bench_train_step
-    python -m benchmarks.bench_train_step --set logic.data.rule_order=chain --set logic.train.source_aux=1.0 \\
-        --set 'logic.data.query_twins=[train]' --set logic.data.prompt_end=query
+    python -m benchmarks.bench_train_step --activations gelu gelu_new --passes shared --attention eager
 
 A step is the pipeline's: the LightningModule's training loss (source head included when
 ``logic.train.source_aux`` is set), backward, gradient clipping and the AdamW update, on batches
-from the same batch stream as training. Repetitions interleave the activations, so drift in the
-machine's speed falls on all of them alike; the figures are medians over repetitions, with
-ratios against GPT-2's tanh GELU. One MLflow run holds them.
+from the same batch stream as training. The ``shared`` pass runs each prefix that rows of a batch
+share (query twins) once; the ``plain`` pass runs every row whole (modules/training/shared_prefix.py).
+Repetitions interleave the variants, so drift in the machine's speed falls on all of them alike;
+the figures are medians over repetitions, with ratios against the plain pass with the sdpa kernel
+(the training step before either change) of the same activation. One MLflow run holds them.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from dataclasses import replace
@@ -25,19 +28,27 @@ from modules.data.logic import splits_from_params
 from modules.models.logic_model import ACTIVATIONS
 from modules.tracking.mlflow_tracking import tracked_run
 from modules.training.sequences import BatchStream
-from modules.training.train import TrainConfig, TrainingData, new_logic_module
+from modules.training.train import TRAINING_ATTENTION, TrainConfig, TrainingData, new_logic_module
 from pipelines._stage import LOGIC_STUDY, params, run
 
-BASELINE = "gelu_new"
+PASSES = ("shared", "plain")
+BASELINE = ("plain", "sdpa")  # pass and attention of the training step before either speed-up
+
+
+def variant_name(activation: str, training_pass: str, attention: str) -> str:
+    return f"{activation}/{training_pass}/{attention}"
 
 
 class StepTimer:
     """A fresh model with its optimizer and batch stream; calling it runs ``n`` training steps
     from batch ``first`` on and returns seconds per step."""
 
-    def __init__(self, config: TrainConfig, seed: int, train, val, groups, n_batches: int):
+    def __init__(self, config: TrainConfig, seed: int, train, val, groups, n_batches: int,
+                 shared_prefix: bool = True):
         self.config = config
         self.module = new_logic_module(config, seed, train, val)
+        if not shared_prefix:  # every row runs its whole sequence
+            train = replace(train, shared_lengths=None)
         self.optimizer = self.module.configure_optimizers()["optimizer"]
         self.stream = BatchStream(train, config.batch_size, seed, n_batches, groups)
 
@@ -54,7 +65,10 @@ class StepTimer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
+    parser.add_argument("--activations", nargs="+", choices=ACTIVATIONS,
+                        help="MLP activations to time (default: logic.train.activation)")
+    parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
+    parser.add_argument("--attention", nargs="+", default=list(TRAINING_ATTENTION), choices=TRAINING_ATTENTION)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per activation")
     parser.add_argument("--steps", type=int, default=10, help="training steps per repetition")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -69,31 +83,34 @@ def main() -> None:
     data = {**logic["data"], "sizes": {"train": args.train_size, "val": 200, "test": 200},
             "traces": {**logic["data"]["traces"], "size": 0}}
     config = TrainConfig.from_params(logic["train"])
+    activations = args.activations or [config.activation]
     torch.set_num_threads(args.threads)
     splits = splits_from_params(data)
     data = TrainingData.from_frames(splits["train"], splits["val"], config)
     train, val, groups = data.train, data.val, data.groups
     n_batches = args.warmup + args.reps * args.steps
-    timers = {a: StepTimer(replace(config, activation=a), 0, train, val, groups, n_batches)
-              for a in args.activations}
+    variants = list(itertools.product(activations, args.passes, args.attention))
+    timers = {variant_name(*v): StepTimer(replace(config, activation=v[0], attention=v[2]), 0, train, val, groups,
+                                          n_batches, shared_prefix=v[1] == "shared") for v in variants}
     for timer in timers.values():
         if args.warmup:
             timer(0, args.warmup)
-    seconds = {a: [] for a in timers}
+    seconds = {name: [] for name in timers}
     for rep in range(args.reps):
-        for activation, timer in timers.items():
-            seconds[activation].append(timer(args.warmup + rep * args.steps, args.steps))
-    medians = {a: statistics.median(v) for a, v in seconds.items()}
+        for name, timer in timers.items():
+            seconds[name].append(timer(args.warmup + rep * args.steps, args.steps))
+    medians = {name: statistics.median(v) for name, v in seconds.items()}
     run_params = {**config.as_dict(), "threads": args.threads, "reps": args.reps, "steps": args.steps,
                   "sequence_length": train.input_ids.shape[1], "overrides": " ".join(args.overrides)}
     with tracked_run(LOGIC_STUDY, "bench-train-step", run_params, tags={"benchmark": "train_step"}):
-        mlflow.log_metrics({f"step_s_{a}": m for a, m in medians.items()})
+        mlflow.log_metrics({f"step_s_{name.replace('/', '_')}": m for name, m in medians.items()})
     print(f"batch {config.batch_size} x {train.input_ids.shape[1]} tokens, {args.threads} threads, "
           f"median of {args.reps} repetitions of {args.steps} steps")
-    for activation, median in medians.items():
-        ratio = f"{median / medians[BASELINE]:.3f} x {BASELINE}" if BASELINE in medians else ""
-        spread = ", ".join(f"{s:.4f}" for s in seconds[activation])
-        print(f"{activation:>18}: {median:.4f} s/step  {ratio}  ({spread})")
+    for (activation, _, _), (name, median) in zip(variants, medians.items()):
+        baseline = variant_name(activation, *BASELINE)
+        ratio = f"{median / medians[baseline]:.3f} x {baseline}" if baseline in medians else ""
+        spread = ", ".join(f"{s:.4f}" for s in seconds[name])
+        print(f"{name:>30}: {median:.4f} s/step  {ratio}  ({spread})")
 
 
 if __name__ == "__main__":

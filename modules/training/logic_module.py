@@ -2,6 +2,7 @@
 optional auxiliary losses: next-token on the prompt, and ``source_aux``, a head on the residual stream
 after layer ``source_aux_layer`` that names what each rule's conclusion descends from (the batch's
 ``source_targets``). The head is dropped with the module; the saved model is the plain GPT-2.
+Rows that share a prefix (query twins) run it once (``modules/training/shared_prefix.py``).
 
 Validation measures greedy-decoding exact match of the whole proof (through <eos>), computed in
 one teacher-forced pass (the same number; see ``teacher_forced_exact_match``).
@@ -13,7 +14,8 @@ import torch
 
 from modules.models.decoding import right_padded_outputs, teacher_forced_exact_match
 from modules.models.logic_model import build_logic_model
-from modules.training.sequences import EncodedSequences, source_head, source_loss, training_loss
+from modules.training.sequences import EncodedSequences, answer_loss, source_head, source_loss, training_loss
+from modules.training.shared_prefix import shared_prefix_outputs
 
 
 class LogicLM(pl.LightningModule):
@@ -21,21 +23,31 @@ class LogicLM(pl.LightningModule):
                  dropout: float = 0.0, lr: float = 3e-3, weight_decay: float = 0.01,
                  warmup_frac: float = 0.1, beta2: float = 0.98, max_steps: int = 1000,
                  first_token_weight: float = 1.0, prompt_loss_weight: float = 0.0, seed: int = 0,
-                 source_aux: float = 0.0, source_aux_layer: int = 2, activation: str = "gelu"):
+                 source_aux: float = 0.0, source_aux_layer: int = 2, activation: str = "gelu",
+                 attention: str = "eager"):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_logic_model(n_layer, n_head, n_embd, n_positions, dropout, seed, activation)
+        self.model.set_attn_implementation(attention)  # a kernel choice, not saved with the model
         if source_aux:
             self.source_head = source_head(n_embd, self.model.config.vocab_size)
 
     def training_step(self, batch: EncodedSequences, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        outputs = right_padded_outputs(self.model, batch.input_ids, hidden_states=bool(hp.source_aux))
-        loss = training_loss(outputs.logits[:, :-1], batch, hp.first_token_weight, hp.prompt_loss_weight)
+        if hp.source_aux and batch.source_targets is None:
+            raise ValueError("train.source_aux needs source targets in the training batches")
+        # The prompt loss reads every prompt position, so it takes the plain pass.
+        shared = None if hp.prompt_loss_weight else shared_prefix_outputs(self.model, batch, bool(hp.source_aux))
+        if shared is None:
+            outputs = right_padded_outputs(self.model, batch.input_ids, hidden_states=bool(hp.source_aux))
+            loss = training_loss(outputs.logits[:, :-1], batch, hp.first_token_weight, hp.prompt_loss_weight)
+        else:
+            loss = answer_loss(shared.logits[:, :-1], shared.suffix, hp.first_token_weight)
         if hp.source_aux:
-            if batch.source_targets is None:
-                raise ValueError("train.source_aux needs source targets in the training batches")
-            aux = source_loss(self.source_head(outputs.hidden_states[hp.source_aux_layer]), batch.source_targets)
+            rows, cols = (batch.source_targets != -100).nonzero(as_tuple=True)
+            hidden = (outputs.hidden_states[hp.source_aux_layer][rows, cols] if shared is None
+                      else shared.hidden_at(hp.source_aux_layer, rows, cols))
+            aux = source_loss(self.source_head(hidden), batch.source_targets[rows, cols])
             self.log("train_source_loss", aux, batch_size=len(batch))
             loss = loss + hp.source_aux * aux
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))

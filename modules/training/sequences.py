@@ -20,6 +20,7 @@ class EncodedSequences:
     prompt_lengths: torch.Tensor  # [n] tokens before the first answer token
     lengths: torch.Tensor         # [n] prompt + answer + eos
     source_targets: torch.Tensor | None = None  # [n, max_len] auxiliary targets, -100 where none
+    shared_lengths: torch.Tensor | None = None  # [n] leading tokens shared with other rows (modules/training/shared_prefix.py)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -81,12 +82,13 @@ def source_head(n_embd: int, vocab_size: int) -> torch.nn.Module:
 
 
 def source_loss(source_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``source_logits`` [n, len, vocab] over the labelled positions of
-    ``targets`` [n, len]; zero (with a gradient) for a batch without any."""
+    """Mean cross-entropy of ``source_logits`` [..., vocab] over the labelled positions of
+    ``targets`` [...] (for example [n, len] or the k labelled positions alone); zero (with a
+    gradient) when there are none."""
     targets = targets.to(source_logits.device)
     if not bool((targets != -100).any()):
         return source_logits.sum() * 0.0
-    return F.cross_entropy(source_logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return F.cross_entropy(source_logits.reshape(-1, source_logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
 def answer_loss_mask(batch: EncodedSequences) -> torch.Tensor:
@@ -148,7 +150,8 @@ def _take(data: EncodedSequences, index: torch.Tensor) -> EncodedSequences:
     lengths = data.lengths[index]
     width = int(lengths.max())
     targets = None if data.source_targets is None else data.source_targets[index, :width]
-    return EncodedSequences(data.input_ids[index, :width], data.prompt_lengths[index], lengths, targets)
+    shared = None if data.shared_lengths is None else data.shared_lengths[index]
+    return EncodedSequences(data.input_ids[index, :width], data.prompt_lengths[index], lengths, targets, shared)
 
 
 class BatchStream(torch.utils.data.Dataset):

@@ -19,8 +19,14 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from modules.models.logic_model import ACTIVATIONS, save_checkpoint
 from modules.models.logic_tokenizer import build_logic_tokenizer
 from modules.training.logic_module import LogicLM
+from modules.training.shared_prefix import shared_prefix_lengths
 from modules.training.sequences import (BatchStream, EncodedSequences, OrderedBatches, collate_single,
                                        conclusion_source_targets, encode)
+
+
+# Both compute the same function; on sequences of about 30 tokens on a CPU, eager attention's
+# plain matmuls take less time than the fused kernel (benchmarks/bench_train_step.py).
+TRAINING_ATTENTION = ("eager", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class TrainConfig:
     n_embd: int = 96
     dropout: float = 0.0
     activation: str = "gelu"  # the MLP's (ACTIVATIONS in modules/models/logic_model.py)
+    attention: str = "eager"  # the training pass's attention kernel (TRAINING_ATTENTION); the saved model loads sdpa
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
@@ -78,6 +85,8 @@ class TrainConfig:
         if isinstance(config.source_aux_layer, float) or config.source_aux_layer > config.n_layer:
             raise ValueError(f"train.source_aux_layer must be an int in [1, train.n_layer={config.n_layer}], "
                              f"got {config.source_aux_layer!r}")
+        if config.attention not in TRAINING_ATTENTION:
+            raise ValueError(f"train.attention must be one of {list(TRAINING_ATTENTION)}, got {config.attention!r}")
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"train.activation must be one of {list(ACTIVATIONS)}, got {config.activation!r}")
         if config.n_embd % config.n_head:
@@ -310,8 +319,9 @@ class TrainingData:
         if config.balance_query_chains:
             train_frame = balance_query_chains(train_frame)
         train, val = encode_for_training(build_logic_tokenizer(), train_frame, val_frame, config)
-        return cls(train, val, rules_and_facts_groups(train_frame), config.balance_query_chains,
-                   bool(config.source_aux))
+        groups = rules_and_facts_groups(train_frame)
+        train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
+        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux))
 
     def suits(self, config: TrainConfig) -> bool:
         return self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
@@ -327,7 +337,7 @@ def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, va
                    first_token_weight=config.first_token_weight,
                    prompt_loss_weight=config.prompt_loss_weight, seed=seed,
                    source_aux=config.source_aux, source_aux_layer=config.source_aux_layer,
-                   activation=config.activation)
+                   activation=config.activation, attention=config.attention)
 
 
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,

@@ -27,20 +27,23 @@ def test_timed_steps_update_the_model_and_take_positive_time():
     assert any(not torch.equal(b, a) for b, a in zip(before, after))
 
 
-def test_the_benchmark_logs_one_median_per_activation(tmp_path):
+def test_the_benchmark_logs_one_median_per_variant(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_train_step", "--activations", "gelu", "gelu_new",
+         "--passes", "shared", "plain", "--attention", "sdpa",
          "--reps", "2", "--steps", "1", "--warmup", "0", "--train-size", "64", "--threads", "1",
          "--set", "logic.train.batch_size=16"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "x gelu_new" in result.stdout
+    assert "gelu_new/shared/sdpa:" in result.stdout and "x gelu_new/plain/sdpa" in result.stdout
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.benchmark = 'train_step'")
     assert len(runs) == 1
-    assert runs["metrics.step_s_gelu"].iloc[0] > 0 and runs["metrics.step_s_gelu_new"].iloc[0] > 0
+    logged = {c for c in runs.columns if c.startswith("metrics.step_s_")}
+    assert logged == {f"metrics.step_s_{a}_{p}_sdpa" for a in ("gelu", "gelu_new") for p in ("shared", "plain")}
+    assert all(runs[c].iloc[0] > 0 for c in logged)
 
 
 def test_bad_counts_are_one_line_errors():
