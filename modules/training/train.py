@@ -46,6 +46,7 @@ class TrainConfig:
     source_aux: float = 0.0  # weight of the conclusion-source head's loss (LogicLM); 0 = no head
     source_aux_layer: int = 2  # the residual stream it reads: after this many blocks
     balance_query_chains: bool = False
+    shared_prefix: bool = True  # run each prefix that rows of a batch share once (modules/training/shared_prefix.py)
     batch_size: int = 128
     max_steps: int = 6000
     val_every: int = 250
@@ -79,7 +80,7 @@ class TrainConfig:
             value = getattr(config, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"train.{key} must be a number in [{low}, {high}], got {value!r}")
-        for key in ("stop_on_perfect", "balance_query_chains"):
+        for key in ("stop_on_perfect", "balance_query_chains", "shared_prefix"):
             if not isinstance(getattr(config, key), bool):
                 raise ValueError(f"train.{key} must be true or false, got {getattr(config, key)!r}")
         if isinstance(config.source_aux_layer, float) or config.source_aux_layer > config.n_layer:
@@ -313,6 +314,7 @@ class TrainingData:
     groups: torch.Tensor
     balanced: bool
     source_labels: bool
+    shared_prefix: bool = True
 
     @classmethod
     def from_frames(cls, train_frame, val_frame, config: TrainConfig) -> "TrainingData":
@@ -320,11 +322,13 @@ class TrainingData:
             train_frame = balance_query_chains(train_frame)
         train, val = encode_for_training(build_logic_tokenizer(), train_frame, val_frame, config)
         groups = rules_and_facts_groups(train_frame)
-        train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
-        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux))
+        if config.shared_prefix:
+            train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
+        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux), config.shared_prefix)
 
     def suits(self, config: TrainConfig) -> bool:
-        return self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
+        return (self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
+                and self.shared_prefix == config.shared_prefix)
 
 
 def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> LogicLM:

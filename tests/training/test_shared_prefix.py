@@ -88,3 +88,10 @@ def test_a_batch_without_shared_prefixes_takes_the_plain_pass():
 def test_an_unknown_attention_kernel_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"train.attention must be one of \['eager', 'sdpa'\], got 'flash'"):
         TrainConfig.from_params({"attention": "flash"})
+
+
+def test_shared_prefix_false_trains_every_row_whole():
+    data = twin_data(config=TrainConfig(shared_prefix=False))
+    assert data.train.shared_lengths is None and not data.suits(TrainConfig(shared_prefix=True))
+    with pytest.raises(ValueError, match="train.shared_prefix must be true or false, got 'yes'"):
+        TrainConfig.from_params({"shared_prefix": "yes"})
