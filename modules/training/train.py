@@ -314,7 +314,6 @@ class TrainingData:
     groups: torch.Tensor
     balanced: bool
     source_labels: bool
-    shared_prefix: bool = True
 
     @classmethod
     def from_frames(cls, train_frame, val_frame, config: TrainConfig) -> "TrainingData":
@@ -324,11 +323,11 @@ class TrainingData:
         groups = rules_and_facts_groups(train_frame)
         if config.shared_prefix:
             train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
-        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux), config.shared_prefix)
+        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux))
 
     def suits(self, config: TrainConfig) -> bool:
         return (self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
-                and self.shared_prefix == config.shared_prefix)
+                and (self.train.shared_lengths is not None) == config.shared_prefix)
 
 
 def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> LogicLM:
