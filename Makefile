@@ -44,7 +44,7 @@ pipeline: setup
 # order, ends prompts at the query variable, puts every training problem beside its query twin in
 # the same batch (the same rules and facts, the other chain's query: a model that ignores the query
 # cannot fit both), trains a head after layer 2 to name each rule conclusion's source, and runs a
-# 4,500-step schedule whose learning rate peaks at step 1,201 to its end. `make seeds SEEDS=[0,1,2]`
+# 6,000-step schedule whose learning rate peaks at step 1,201 to its end. `make seeds SEEDS=[0,1,2]`
 # runs it for more seeds as one DVC experiment and reports them side by side in reports/logic_depth3.
 # Experiments are named by their seeds (depth3-s0-1-2 for [0,1,2]), so a later run with more seeds
 # is a new experiment; the seeds already trained in the workspace stay cached (logic.seeds).
