@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 # The frozen benchmark comes from the DVC remote; on a machine that cannot reach the team's
 # remote it is rebuilt from its seed and must match data.dvc's hash byte for byte.
 data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
-	dvc pull -q data.dvc 2>/dev/null || { python -m pipelines.freeze_benchmark >/dev/null && \
+	dvc pull -q data.dvc 2>/dev/null || { python -m pipelines.logic.freeze_benchmark >/dev/null && \
 	  dvc commit -q -f data.dvc && git diff --quiet -- data.dvc || { git checkout -- data.dvc; \
 	  echo "error: data/ rebuilt from its seed does not match data.dvc (generator drift)" >&2; exit 1; }; }
 	touch $@

@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from benchmarks.bench_patching import SHAPES, build_model
-from modules.analysis.logic_llm import HEAD_SITES, StudyConfig, run_study
-from modules.data.logic.dataset import generate_flip_pairs
+from modules.studies.logic.llm import HEAD_SITES, StudyConfig, run_study
+from modules.studies.logic.data.dataset import generate_flip_pairs
 from modules.engine.tiny import vocabulary_tokenizer
 
 def prompt_tokenizer(pairs):

@@ -249,20 +249,20 @@ def shape_markdown(res: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(blocks: dict[str, str]) -> None:
+def write_docs(blocks: dict[str, str], docs: Path = DOCS) -> None:
     """Replace (or add) each measured shape's block in the docs section; other shapes stay."""
-    doc = DOCS.read_text()
+    doc = docs.read_text()
     if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOCS} has no {BEGIN} ... {END} section to fill")
+        raise SystemExit(f"{docs} has no {BEGIN} ... {END} section to fill")
     head, rest = doc.split(BEGIN, 1)
     section, tail = rest.split(END, 1)
     block = re.compile(r"<!-- shape:([\w-]+) -->\n.*?<!-- /shape:\1 -->\n", flags=re.S)
     kept = {match.group(1): match.group(0) for match in block.finditer(section)}
     kept.update(blocks)
     body = "\n".join(kept[name] for name in SHAPES if name in kept)
-    tmp = DOCS.with_suffix(".md.tmp")
+    tmp = docs.with_suffix(".md.tmp")
     tmp.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
-    os.replace(tmp, DOCS)
+    os.replace(tmp, docs)
 
 
 def main(argv=None) -> int:
@@ -280,12 +280,13 @@ def main(argv=None) -> int:
                         help="max abs diff allowed between tools (default 1e-5 in float32, 0.1 otherwise)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--write-docs", action="store_true", help="put the tables into docs/engine.md")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the Markdown file whose section --write-docs fills")
     parser.add_argument("--from-json", type=Path, metavar="JSON", help="measure nothing: put the tables of a "
                         "recorded run (an --out file, e.g. from a GPU host) into docs/engine.md")
     args = parser.parse_args(argv)
     if args.from_json:
         recorded = json.loads(args.from_json.read_text())
-        write_docs({res["shape"]: shape_markdown(res, recorded["meta"]) for res in recorded["results"]})
+        write_docs({res["shape"]: shape_markdown(res, recorded["meta"]) for res in recorded["results"]}, args.docs)
         return 0
     shapes, sweeps, tools = (s.split(",") for s in (args.shapes, args.sweeps, args.tools))
     choices = ((shapes, SHAPES, "shape"), (sweeps, ("resid", "head"), "sweep"), (tools, TOOLS, "tool"))
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         os.replace(tmp, args.out)
     if args.write_docs:
-        write_docs(blocks)
+        write_docs(blocks, args.docs)
     agree = all(entry["agree"] for res in results for entry in res["sweeps"].values())
     if not agree:
         print(f"error: tools disagree by more than {tolerance}", file=sys.stderr)

@@ -7,7 +7,7 @@ attention kernel, timed in one process.
 A step is the pipeline's: the LightningModule's training loss (source head included when
 ``logic.train.source_aux`` is set), backward, gradient clipping and the AdamW update, on batches
 from the same batch stream as training. The ``shared`` pass runs each prefix that rows of a batch
-share (query twins) once; the ``plain`` pass runs every row whole (modules/training/shared_prefix.py).
+share (query twins) once; the ``plain`` pass runs every row whole (modules/studies/logic/training/shared_prefix.py).
 Repetitions interleave the variants, so drift in the machine's speed falls on all of them alike;
 the figures are medians over repetitions, with ratios against the plain pass with the sdpa kernel
 (the training step before either change) of the same activation. One MLflow run holds them.
@@ -17,19 +17,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import time
 from dataclasses import replace
 
 import mlflow
 import torch
 
-from benchmarks.bench_training import apply_overrides
-from modules.data.logic import splits_from_params
-from modules.models.logic_model import ACTIVATIONS
-from modules.tracking.mlflow_tracking import tracked_run
-from modules.training.sequences import BatchStream
-from modules.training.train import TRAINING_ATTENTION, TrainConfig, TrainingData, new_logic_module
-from pipelines._stage import LOGIC_STUDY, params, run
+from modules.studies.logic.data import splits_from_params
+from modules.studies.logic.model import ACTIVATIONS
+from modules.core.tracking import tracked_run
+from modules.studies.logic.training.timing import StepTimer
+from modules.studies.logic.training.train import TRAINING_ATTENTION, TrainConfig, TrainingData
+from modules.core.params import apply_overrides, section
+from modules.core.stage import run
+from modules.studies.logic import STUDY
 
 PASSES = ("shared", "plain")
 BASELINE = ("plain", "sdpa")  # pass and attention of the training step before either speed-up
@@ -37,30 +37,6 @@ BASELINE = ("plain", "sdpa")  # pass and attention of the training step before e
 
 def variant_name(activation: str, training_pass: str, attention: str) -> str:
     return f"{activation}/{training_pass}/{attention}"
-
-
-class StepTimer:
-    """A fresh model with its optimizer and batch stream; calling it runs ``n`` training steps
-    from batch ``first`` on and returns seconds per step."""
-
-    def __init__(self, config: TrainConfig, seed: int, train, val, groups, n_batches: int,
-                 shared_prefix: bool = True):
-        self.config = config
-        self.module = new_logic_module(config, seed, train, val)
-        if not shared_prefix:  # every row runs its whole sequence
-            train = replace(train, shared_lengths=None)
-        self.optimizer = self.module.configure_optimizers()["optimizer"]
-        self.stream = BatchStream(train, config.batch_size, seed, n_batches, groups)
-
-    def __call__(self, first: int, n: int) -> float:
-        start = time.perf_counter()
-        for index in range(first, first + n):
-            loss = self.module.training_step(self.stream[index], index)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-        return (time.perf_counter() - start) / n
 
 
 def main() -> None:
@@ -79,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("--reps, --steps and --threads must be >= 1 and --warmup >= 0")
-    logic = apply_overrides(params("logic"), args.overrides)
+    logic = apply_overrides(section("logic"), args.overrides, "logic", ("data", "train"))
     data = {**logic["data"], "sizes": {"train": args.train_size, "val": 200, "test": 200},
             "traces": {**logic["data"]["traces"], "size": 0}}
     config = TrainConfig.from_params(logic["train"])
@@ -102,7 +78,7 @@ def main() -> None:
     medians = {name: statistics.median(v) for name, v in seconds.items()}
     run_params = {**config.as_dict(), "threads": args.threads, "reps": args.reps, "steps": args.steps,
                   "sequence_length": train.input_ids.shape[1], "overrides": " ".join(args.overrides)}
-    with tracked_run(LOGIC_STUDY, "bench-train-step", run_params, tags={"benchmark": "train_step"}):
+    with tracked_run(STUDY, "bench-train-step", run_params, tags={"benchmark": "train_step"}):
         mlflow.log_metrics({f"step_s_{name.replace('/', '_')}": m for name, m in medians.items()})
     print(f"batch {config.batch_size} x {train.input_ids.shape[1]} tokens, {args.threads} threads, "
           f"median of {args.reps} repetitions of {args.steps} steps")

@@ -16,30 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import yaml
 
-from modules.data.logic import read_split, splits_from_params
-from modules.models.logic_tokenizer import build_logic_tokenizer
-from modules.tracking.mlflow_tracking import lightning_logger, tracked_run
-from modules.training.evaluate import accuracy_row, exact_matches
-from modules.training.train import TrainConfig, train_logic_model
-from pipelines._stage import LOGIC_STUDY, params, run
-
-
-def apply_overrides(logic: dict, assignments: list[str]) -> dict:
-    """``logic`` (params.yaml's section) with each ``logic.<data|train>.key=value`` applied."""
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        path = key.split(".")
-        if not sep or len(path) < 3 or path[0] != "logic" or path[1] not in ("data", "train"):
-            raise ValueError(f"--set takes logic.data.KEY=VALUE or logic.train.KEY=VALUE, got {assignment!r}")
-        node = logic
-        for part in path[1:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"--set: {'.'.join(path[:-1])} is not a params.yaml section")
-            node = node[part]
-        node[path[-1]] = yaml.safe_load(value)
-    return logic
+from modules.studies.logic.data import read_split, splits_from_params
+from modules.studies.logic.tokenizer import build_logic_tokenizer
+from modules.core.tracking import lightning_logger, tracked_run
+from modules.studies.logic.training.evaluate import accuracy_row, exact_matches
+from modules.studies.logic.training.train import TrainConfig, train_logic_model
+from modules.core.params import apply_overrides, section
+from modules.core.stage import run
+from modules.studies.logic import STUDY
 
 
 def load_splits(data_dir: Path, config: dict, fresh: bool):
@@ -56,7 +41,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a logic.data or logic.train key of params.yaml (repeatable)")
     args = parser.parse_args()
-    logic = apply_overrides(params("logic"), args.overrides)
+    logic = apply_overrides(section("logic"), args.overrides, "logic", ("data", "train"))
     config = TrainConfig.from_params(logic["train"])
     if args.max_steps:
         config = replace(config, max_steps=args.max_steps)
@@ -64,7 +49,7 @@ def main() -> None:
     data_params = {f"data.{key}": value for key, value in logic["data"].items() if key != "traces"}
     rows = []
     for seed in args.seeds:
-        with tracked_run(LOGIC_STUDY, f"bench-training-seed{seed}", {**config.as_dict(), **data_params, "seed": seed},
+        with tracked_run(STUDY, f"bench-training-seed{seed}", {**config.as_dict(), **data_params, "seed": seed},
                          tags={"benchmark": "training"}) as active:
             start = time.perf_counter()
             result = train_logic_model(splits["train"], splits["val"], config, seed,

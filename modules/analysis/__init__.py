@@ -1,1 +1,2 @@
-"""Study analyses: the data generators, models and engine put together to answer one study's questions."""
+"""Generic analysis over any study: counterfactual pairs, patching, ablation and random controls
+(pairs), writing and logging results (outputs), and report pieces (report)."""

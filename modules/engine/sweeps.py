@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from modules.io import atomic_file, atomic_write_text
+from modules.core.io import atomic_file, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from modules.tracking.mlflow_tracking import log_figure, log_table, log_tensors, tracked_run
+from modules.core.tracking import log_figure, log_table, log_tensors, tracked_run
 
 import mlflow  # noqa: E402,I001  after the helper, which sets MLflow's telemetry defaults
 

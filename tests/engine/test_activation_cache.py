@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from tests.engine.conftest import gpt2_hidden_states
+from tests.conftest import gpt2_hidden_states
 
 from modules.engine.activation_cache import (ActivationCache, ActivationCacheError, ActivationCacheWriter,
                                             parse_site_key, save_activations, site_key)

@@ -8,7 +8,7 @@ from modules.engine import tiny
 from modules.engine.adapters import EngineError, ModelLoadError, get_adapter, load_model
 from modules.engine.hooks import SITE_KINDS, capture
 from modules.engine.runner import Runner
-from tests.engine.conftest import ARCHS, random_ids
+from tests.conftest import ARCHS, random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ from modules.engine import tiny
 from modules.engine.attribution import attribution_patch, confirm_top_k
 from modules.engine.hooks import Site, capture, selection_index
 from modules.engine.patching import patch_sweep
-from tests.engine.conftest import MODEL_KWARGS, random_ids
+from tests.conftest import MODEL_KWARGS, random_ids
 from tests.engine.reference import reference_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import torch
 from modules.engine import tiny
 from modules.engine.interventions import knockout
 from modules.engine.patching import patch_head_sweep, patch_resid_sweep
-from tests.engine.conftest import MODEL_KWARGS, random_ids
+from tests.conftest import MODEL_KWARGS, random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

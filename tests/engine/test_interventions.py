@@ -4,7 +4,7 @@ import torch
 from modules.engine.adapters import EngineError
 from modules.engine.hooks import Site, capture
 from modules.engine.interventions import ablate, knockout, steer
-from tests.engine.conftest import ARCHS, random_ids
+from tests.conftest import ARCHS, random_ids
 from tests.engine.reference import reference_logits, set_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")

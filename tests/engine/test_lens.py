@@ -5,7 +5,7 @@ from modules.engine import tiny
 from modules.engine.adapters import EngineError, get_adapter
 from modules.engine.hooks import capture
 from modules.engine.lens import logit_lens, read_out
-from tests.engine.conftest import ARCHS, random_ids
+from tests.conftest import ARCHS, random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ from modules.engine.adapters import EngineError
 from modules.engine.hooks import SITE_KINDS, Site, capture
 from modules.engine.patching import (Cell, patch_attn_out_sweep, patch_cells, patch_head_by_pos_sweep,
                                      patch_head_sweep, patch_mlp_out_sweep, patch_resid_sweep, patch_sweep)
-from tests.engine.conftest import ARCHS, random_ids
+from tests.conftest import ARCHS, random_ids
 from tests.engine.reference import reference_logits, set_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")

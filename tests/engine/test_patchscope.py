@@ -4,7 +4,7 @@ import torch
 from modules.engine.adapters import EngineError
 from modules.engine.hooks import Site, capture, patch
 from modules.engine.patchscope import backpatch, generate_greedy, patchscope
-from tests.engine.conftest import ARCHS, random_ids
+from tests.conftest import ARCHS, random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

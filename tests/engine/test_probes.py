@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tests.engine.conftest import gpt2_hidden_states
+from tests.conftest import gpt2_hidden_states
 
 from modules.engine.probes import probe_grid, split_indices, train_probes
 

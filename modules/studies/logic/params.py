@@ -1,0 +1,141 @@
+"""The schemas of study 1's params.yaml sections (``logic.*`` and ``logic_llm``), checked by
+:func:`modules.core.params.load`. The training, circuit and LLM-study sections are the configs of
+the code that uses them (TrainConfig, CircuitConfig, StudyConfig)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from modules.core.params import load, param, section
+from modules.studies.logic.data.generator import MAX_DEPTH, MIN_DEPTH, RULE_ORDERS
+from modules.studies.logic.data.syntax import OPERATORS, PROMPT_ENDS
+
+DEPTHS = (MIN_DEPTH, MAX_DEPTH)
+SIZE = (0, 10**8)
+
+
+class Section:
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TraceParams(Section):
+    size: int = param(range=SIZE)
+    depth: int = param(range=DEPTHS)
+    seed: int = param(range=(0, 2**63 - 1))
+
+
+@dataclass(frozen=True)
+class DataParams(Section):
+    seed: int = param(range=(0, 2**63 - 1))
+    depth: int = param(range=DEPTHS)
+    logop_share: float = param(range=(0.0, 1.0))
+    operators: list[str] = param(choices=OPERATORS)
+    prompt_end: str = param(choices=PROMPT_ENDS)
+    rule_order: str = param(choices=RULE_ORDERS)
+    query_twins: list[str] = param()
+    traces: TraceParams = param()
+    sizes: dict[str, int] = param()
+
+    def __post_init__(self):
+        if not self.operators or len(set(self.operators)) != len(self.operators):
+            raise ValueError(f"operators must be a non-empty list of distinct values, got {self.operators}")
+        if not self.sizes or any(n < 0 for n in self.sizes.values()):
+            raise ValueError(f"sizes must map each split to a row count >= 0, got {self.sizes}")
+        if not set(self.query_twins) <= set(self.sizes):
+            raise ValueError(f"query_twins names splits not in sizes: {sorted(set(self.query_twins) - set(self.sizes))}")
+        if self.traces.depth == self.depth:
+            raise ValueError(f"traces.depth must differ from depth ({self.depth}): a trace prompt would read as "
+                             "a task prompt")
+
+
+@dataclass(frozen=True)
+class BenchmarkParams(Section):
+    seed: int = param(range=(0, 2**63 - 1))
+    depth: int = param(range=DEPTHS)
+    size: int = param(range=(1, 10**8))
+
+
+@dataclass(frozen=True)
+class ValidationSection(Section):
+    tolerance: float = param(range=(1e-9, 1.0))
+
+
+@dataclass(frozen=True)
+class ActivationParams(Section):
+    n_examples: int = param(range=(1, 10**8))
+    sites: list[str] = param(choices=("resid_pre", "resid_post", "attn_out", "mlp_out"))
+    positions: list[int] = param()
+    batch_size: int = param(range=(1, 1 << 20))
+    examples_per_shard: int = param(range=(1, 10**8))
+
+    def __post_init__(self):
+        if not self.sites or not self.positions:
+            raise ValueError("sites and positions must be non-empty lists")
+
+
+@dataclass(frozen=True)
+class PairsParams(Section):
+    seed: int = param(range=(0, 2**63 - 1))
+    n_pairs: int = param(range=(1, 10**7))
+    depth: int = param(range=DEPTHS)
+    shots: int = param(range=(0, 64))
+    prompt_end: str = param("answer", choices=PROMPT_ENDS, optional=True)
+    rule_order: str = param("shuffled", choices=RULE_ORDERS, optional=True)
+
+
+@dataclass(frozen=True)
+class ReportParams(Section):
+    dir: str = param()
+
+
+@dataclass(frozen=True)
+class TuneParams(Section):
+    n_trials: int = param(range=(1, 10**6))
+    timeout_s: float | None = param(range=(1.0, 1e9))
+    trial_max_steps: int = param(range=(1, 10**8))
+    storage: str = param()
+    study_name: str = param()
+    seed: int = param(range=(0, 2**32 - 1))
+    space: dict[str, dict] = param()
+
+
+@dataclass(frozen=True)
+class LLMParams(Section):
+    model: str = param()
+    dtype: str = param(choices=("float32", "bfloat16", "float16"))
+    device_map: str | None = param()
+    trust_remote_code: bool = param(choices=(False,))  # remote code never runs here
+    prompts: PairsParams = param()
+    study: dict = param()  # StudyConfig's, checked by the study
+
+
+SECTIONS = {"data": DataParams, "benchmark": BenchmarkParams, "validation": ValidationSection,
+            "activations": ActivationParams, "pairs": PairsParams, "report": ReportParams, "tune": TuneParams}
+
+
+def logic_section(name: str):
+    """``logic.<name>`` of params.yaml, checked against its schema."""
+    return load(SECTIONS[name], section("logic", name), f"logic.{name}")
+
+
+def logic_seeds() -> list[int]:
+    """``logic.seeds``: the models the per-seed stages train, evaluate and analyse."""
+    seeds = section("logic", "seeds")
+    if not isinstance(seeds, list) or not seeds or len(set(map(repr, seeds))) != len(seeds) \
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got {seeds!r}")
+    return seeds
+
+
+def llm_params() -> LLMParams:
+    return load(LLMParams, section("logic_llm"), "logic_llm")
+
+
+def check_seed(seed: int) -> int:
+    """A per-seed stage's ``--seed``, which must be one of ``logic.seeds``."""
+    seeds = logic_seeds()
+    if seed not in seeds:
+        raise ValueError(f"--seed {seed} is not in params.yaml logic.seeds {seeds}")
+    return seed

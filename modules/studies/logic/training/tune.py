@@ -1,0 +1,103 @@
+"""Optuna study over training hyper-parameters, pruned through Lightning, one nested MLflow run a trial."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import fields, replace
+from typing import Any, Mapping
+
+import optuna
+import pandas as pd
+from optuna_integration import PyTorchLightningPruningCallback
+
+from modules.core.tracking import in_project, lightning_logger, tracked_run
+from modules.studies.logic.training.train import TrainConfig, TrainingData, train_logic_model
+
+# name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
+SPACE_KINDS = {"log_float", "float", "choice"}
+
+
+def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
+    known = {f.name for f in fields(TrainConfig) if f.metadata.get("range")}  # the numeric keys
+    for name, spec in space.items():
+        if name not in known:
+            raise ValueError(f"tune.space: {name!r} is not a tunable train key; allowed: {sorted(known)}")
+        kind, values = spec.get("kind"), spec.get("values")
+        if kind not in SPACE_KINDS:
+            raise ValueError(f"tune.space.{name}.kind must be one of {sorted(SPACE_KINDS)}, got {kind!r}")
+        if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
+            raise ValueError(f"tune.space.{name}.values must be [low, high] for {kind}, or a non-empty list for choice")
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    chosen = {}
+    for name, spec in space.items():
+        kind, values = spec["kind"], spec["values"]
+        if kind == "choice":
+            chosen[name] = trial.suggest_categorical(name, values)
+        else:
+            chosen[name] = trial.suggest_float(name, float(values[0]), float(values[1]), log=kind == "log_float")
+    return chosen
+
+
+def settings_fingerprint(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Any],
+                         trial_max_steps: int, seed: int) -> str:
+    """Short hash of everything a trial's score depends on (data, training settings, search space,
+    trial length, seed), but not of the budget (trial count, timeout) or where it runs."""
+    execution = {"accelerator", "devices", "strategy", "threads"}
+    settings = {k: v for k, v in base.as_dict().items() if k not in execution}
+    digest = hashlib.sha256(json.dumps({"train": settings, "space": space, "trial_max_steps": trial_max_steps,
+                                        "seed": seed}, sort_keys=True, default=str).encode())
+    for frame in (train_frame, val_frame):
+        digest.update(pd.util.hash_pandas_object(frame[["prompt", "answer"]], index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Mapping[str, Any]], *,
+              n_trials: int, timeout_s: float | None, storage: str, study_name: str, seed: int,
+              trial_max_steps: int, mlflow_study: str) -> optuna.Study:
+    """Run a study maximising validation exact match until it holds ``n_trials`` finished trials,
+    counting those of other workers on the same study.
+
+    The study lives in ``storage`` (any SQLAlchemy URL: sqlite by default, a relative path read from
+    the project root; a shared RDB for several workers) as ``<study_name>-<settings fingerprint>``
+    and is resumed with ``load_if_exists``: the same settings resume, other data or settings start a
+    new study, so a study never mixes trials whose scores cannot be compared.
+    """
+    check_space(space)
+    if n_trials < 1:
+        raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"tune.timeout_s must be null or a number > 0, got {timeout_s!r}")
+    fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
+    study = optuna.create_study(
+        study_name=f"{study_name}-{fingerprint}", storage=in_project(storage), load_if_exists=True,
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+    encoded: list[TrainingData] = []  # encoding 200,000 rows takes seconds; trials share it
+
+    def objective(trial: optuna.Trial) -> float:
+        config = replace(base, **suggest(trial, space), max_steps=trial_max_steps, stop_on_perfect=True)
+        TrainConfig.from_params(config.as_dict())  # range-check the sampled values
+        data = next((d for d in encoded if d.suits(config)), None)
+        if data is None:
+            data = TrainingData.from_frames(train_frame, val_frame, config)
+            encoded.append(data)
+        with tracked_run(mlflow_study, f"tune-trial-{trial.number}", config.as_dict(), nested=True,
+                         tags={"optuna_study": study_name, "optuna_trial": str(trial.number)}) as run:
+            pruner = PyTorchLightningPruningCallback(trial, monitor="val_exact_match")
+            result = train_logic_model(train_frame, val_frame, config, seed=seed,
+                                       loggers=[lightning_logger(run)], callbacks=[pruner], data=data)
+            trial.set_user_attr("steps", result.steps)
+            trial.set_user_attr("wall_s", result.wall_s)
+            return result.val_exact_match
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # Resuming an interrupted study runs only the trials still missing from its budget, and workers
+    # sharing the study stop once it holds n_trials (each may finish the trial it has started).
+    remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)])
+    return study

@@ -1,0 +1,89 @@
+"""A throw-away copy of the project (its git-tracked files) with CPU-tiny params, for end-to-end
+runs of the real stages through dvc, mlflow and a real local DVC remote."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modules.studies.logic.data import parse_compact_prompt
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TINY_PARAMS = {
+    "data": {"seed": 0, "depth": 3, "logop_share": 0.8, "operators": ["and", "or"],
+             "sizes": {"train": 400, "val": 80, "test": 120}},
+    "validation": {"tolerance": 0.1},
+    "activations": {"n_examples": 50, "batch_size": 20, "examples_per_shard": 30},
+    "pairs": {"n_pairs": 20},
+    "analysis": {"n_problems": 120, "probe_epochs": 20, "random_directions": 2, "random_controls": 1,
+                 "batch_size": 64, "n_boot": 100},
+    "seeds": [0],
+    "train": {"n_embd": 24, "batch_size": 32, "max_steps": 8, "val_every": 4,
+              "val_batch_size": 64},
+    "tune": {"n_trials": 2, "timeout_s": 120, "trial_max_steps": 4, "storage": "sqlite:///optuna.db",
+             "study_name": "logic-gpt2", "seed": 0,
+             "space": {"lr": {"kind": "log_float", "values": [0.001, 0.01]}}},
+}
+
+
+def in_proof_order(prompt: str) -> bool:
+    """Whether every rule's premises are concluded by rules written before it (or are sources)."""
+    rules = parse_compact_prompt(prompt).rules
+    concluded_at = {rule.conclusion: i for i, rule in enumerate(rules)}
+    return all(concluded_at.get(p, -1) < i for i, rule in enumerate(rules) for p in rule.premises)
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tuple[Path, dict]:
+    """Copy the tracked files to ``dest``, commit them in a new git repo, set tiny params."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    (dest / "data").mkdir(exist_ok=True)
+    shutil.copy2(ROOT / "data" / "logic_benchmark.parquet", dest / "data" / "logic_benchmark.parquet")
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        if isinstance(values, dict):
+            params["logic"][section].update(values)
+        else:
+            params["logic"][section] = values
+    for dotted, value in overrides.items():
+        node = params["logic"]
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "GX_ANALYTICS_ENABLED": "False", "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{dest}/mlflow.db",
+           "PYTHONPATH": str(dest)}
+    for inherited in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(inherited, None)  # set in this process by earlier tests' mlflow.set_experiment
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, dest, env)
+    return dest, env
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory):
+    """One full `dvc repro` of the tiny pipeline, shared by the tests that read its results."""
+    project, env = make_project(tmp_path_factory.mktemp("project"))
+    result = run(["dvc", "repro"], project, env, timeout=900)
+    return project, env, result

@@ -1,0 +1,187 @@
+"""The real pipeline, end to end, on CPU-tiny params: dvc repro, MLflow runs, DVC remote."""
+import json
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from modules.engine.activation_cache import ActivationCache
+from tests.pipelines.conftest import in_proof_order, make_project, run
+
+@pytest.fixture(scope="module")
+def scratch_project(tmp_path_factory):
+    """A project copy whose params.yaml the bad-input tests overwrite (one change at a time)."""
+    project, env = make_project(tmp_path_factory.mktemp("scratch"))
+    return project, env, (project / "params.yaml").read_text()
+
+
+STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
+          "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic"]
+
+
+def test_repro_runs_every_stage_and_writes_outputs(repro_project):
+    project, env, result = repro_project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    for path in ["artifacts/logic/data/train.parquet", "artifacts/logic/data/test.parquet",
+                 "artifacts/logic/models/seed0/model.safetensors", "artifacts/logic/models/seed0/tokenizer.json",
+                 "reports/data_docs/logic/index.html", "artifacts/logic/tuning/best_params.yaml",
+                 "artifacts/logic/pairs/pairs.parquet", "reports/data_docs/logic_pairs/index.html",
+                 "artifacts/logic/analysis/seed0/summary.json", "artifacts/logic/analysis/seed0/probes.csv",
+                 "reports/logic/README.md", "reports/logic/figures/seed0/attention_query_linear.png"]:
+        assert (project / path).is_file(), path
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project, env).stdout)
+    seed0 = next(iter(metrics.values()))["data"]["artifacts/logic/metrics/seed0.json"]["data"]
+    assert seed0["test"]["n"] == 120 and 0.0 <= seed0["test"]["ci_low"] <= seed0["test"]["exact_match"] <= seed0["test"]["ci_high"]
+    cache = ActivationCache(project / "artifacts/logic/activations/seed0")
+    assert cache.n_examples == 50 and cache.metadata["extra"]["positions"] == [-2, -1]
+    assert cache["resid_post.2"].shape == (50, 2, 24) and cache["resid_pre.0"].shape == (50, 2, 24)
+    best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
+    assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
+    assert best["study"].startswith("logic-gpt2-")  # named by its settings fingerprint
+
+
+def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro_project):
+    project, env, _ = repro_project
+    data = project / "artifacts/logic/data"
+    train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")
+    pairs = pd.read_parquet(project / "artifacts/logic/pairs/pairs.parquet")
+    for prompt in [*test.prompt, *pairs.prompt_logop]:
+        assert in_proof_order(prompt), prompt
+    assert (test.depth == 3).all() and test.prompt.str.match(r".* query [A-Z]$").all()
+    # every training problem is followed by its query twin: the same rules and facts, the other chain
+    stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()
+    assert (stems[::2] == stems[1::2]).all()
+    assert (train.query_chain.to_numpy()[::2] != train.query_chain.to_numpy()[1::2]).all()
+    validation = json.loads((project / "artifacts/logic/validation.json").read_text())
+    assert validation["success"] and validation["splits"]["benchmark"]["success"]  # the frozen set: shuffled
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    train_run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
+    assert float(train_run.data.params["source_aux"]) == 1.0
+    model_keys = set(load_file(project / "artifacts/logic/models/seed0/model.safetensors"))
+    assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
+    report = (project / "reports/logic/README.md").read_text()
+    assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
+    assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
+
+
+def test_second_repro_is_a_no_op(repro_project):
+    project, env, _ = repro_project
+    again = run(["dvc", "repro"], project, env)
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+
+
+def test_adding_a_seed_leaves_the_trained_seeds_cached(repro_project):
+    project, env, _ = repro_project
+    params_path = project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["logic"]["seeds"] = [0, 1]
+    try:
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        stale = set(json.loads(run(["dvc", "status", "--json", "dvc.yaml"], project, env).stdout))
+    finally:
+        params_path.write_text(original)
+    assert {"train_logic@1", "evaluate_logic@1", "analyze_logic@1", "report_logic"} <= stale
+    assert not {stage for stage in stale if stage.endswith("@0")}, sorted(stale)
+    assert "tune_logic" not in stale
+
+
+def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
+    project, env, _ = repro_project
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"generate", "validate", "tune", "tune-trial-0", "tune-trial-1", "train-seed0",
+            "cache-activations-seed0", "evaluate-seed0", "pairs", "analysis-seed0"} <= set(runs)
+    commit = run(["git", "rev-parse", "HEAD"], project, env).stdout.strip()
+    for name in ["generate", "validate", "tune", "train-seed0", "evaluate-seed0", "pairs", "analysis-seed0"]:
+        r = runs[name]
+        assert r.info.status == "FINISHED" and r.data.tags["git_commit"] == commit
+        assert any(k.startswith("data_hash.") for k in r.data.params), name
+    assert runs["tune-trial-0"].data.tags["mlflow.parentRunId"] == runs["tune"].info.run_id
+    assert "val_exact_match" in runs["train-seed0"].data.metrics
+    # the curve in the UI: every validation at its own step, the run's summary at its last one
+    curve = client.get_metric_history(runs["train-seed0"].info.run_id, "val_exact_match")
+    steps = runs["train-seed0"].data.metrics["steps"]
+    assert len(curve) >= 2 and min(m.step for m in curve) > 0 and max(m.step for m in curve) == steps
+    artifacts = {a.path for a in client.list_artifacts(runs["evaluate-seed0"].info.run_id)}
+    assert {"test_breakdown.csv", "test_breakdown.png"} <= artifacts
+    assert "training_curve.png" in {a.path for a in client.list_artifacts(runs["train-seed0"].info.run_id)}
+    analysis = runs["analysis-seed0"]
+    assert {"summary.json", "probes.csv", "figures"} <= {a.path for a in client.list_artifacts(analysis.info.run_id)}
+    nested = client.search_runs([experiment.experiment_id],
+                                f"tags.mlflow.parentRunId = '{analysis.info.run_id}'")
+    assert [r.data.params["kind"] for r in nested] == ["probe"]  # a tiny model solves no pair: no patching runs
+    summary = json.loads((project / "artifacts/logic/analysis/seed0/summary.json").read_text())
+    assert summary["mlflow_run_id"] == analysis.info.run_id
+    assert summary["mlflow_run_id"] in (project / "reports/logic/README.md").read_text()
+
+
+def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
+    project, env, _ = repro_project
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-f", "-d", "team", str(remote)], project, env)
+    run(["dvc", "push"], project, env)
+    assert any(remote.rglob("*")), "push wrote nothing to the remote"
+    model = project / "artifacts/logic/models/seed0/model.safetensors"
+    before = model.read_bytes()
+    metrics = project / "artifacts/logic/metrics/seed0.json"
+    metrics_before = metrics.read_bytes()
+    shutil.rmtree(project / ".dvc" / "cache")
+    # metrics, curves and the validation result travel with the data and models
+    for path in ("models", "data", "metrics", "train", "plots", "validation.json"):
+        target = project / "artifacts/logic" / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    # The CPU pipeline's targets: the GPU pipeline (pipelines/llm) has not run here, and a bare
+    # `dvc pull` fails on stages that never ran (README, "Sharing results with a team").
+    run(["dvc", "pull", "dvc.yaml", "data.dvc"], project, env)
+    assert model.read_bytes() == before
+    assert (project / "artifacts/logic/data/train.parquet").is_file()
+    assert metrics.read_bytes() == metrics_before
+    assert (project / "artifacts/logic/train/seed0_curve.csv").is_file()
+    assert json.loads((project / "artifacts/logic/validation.json").read_text())["success"]
+    status = run(["dvc", "status", "dvc.yaml", "data.dvc"], project, env).stdout
+    assert "up to date" in status
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("data__depth", -1, "params.yaml logic.data.depth must be an int in [2, 10], got -1"),
+    ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 10], got 12 (depth 12 needs"),
+    ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
+    ("data__operators", ["xor"], "params.yaml logic.data.operators must be a non-empty list of distinct values"),
+    ("data__prompt_end", "middle", "params.yaml logic.data.prompt_end must be one of ['answer', 'query'], got 'middle'"),
+    ("data__traces", {"size": 10, "depth": 3, "seed": 7},
+     "params.yaml logic.data.traces.depth must differ from logic.data.depth (3)"),
+    ("data__traces", {"size": -1, "depth": 5, "seed": 7}, "params.yaml logic.data.traces.size must be an int >= 0"),
+    ("seeds", [], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got []"),
+    ("seeds", [0, 0], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got [0, 0]"),
+    ("seeds", ["a"], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got ['a']"),
+])
+def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
+    project, env, original = scratch_project
+    params = yaml.safe_load(original)
+    *path, name = key.split("__")
+    node = params["logic"]
+    for section in path:
+        node = node[section]
+    node[name] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run(["python", "-m", "pipelines.logic.generate"], project, env, check=False)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (project / "artifacts/logic/data").exists()
+
+
+def test_missing_model_is_a_one_line_error(scratch_project):
+    project, env, _ = scratch_project
+    proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "5"], project, env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: no model at artifacts/logic/models/seed5" in proc.stderr

@@ -1,0 +1,72 @@
+"""Stages log to a real `mlflow server` on 127.0.0.1, and `mlflow run` drives the MLproject."""
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.pipelines.conftest import BIN, make_project, run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+        yield url, tmp_path / "server-artifacts"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_stages_log_to_a_real_tracking_server(tmp_path, mlflow_server):
+    url, artifact_root = mlflow_server
+    project, env = make_project(tmp_path / "p", tracking_uri=url)
+    run(["python", "-m", "pipelines.logic.generate"], project, env)
+    run(["python", "-m", "pipelines.logic.validate"], project, env)
+    client = mlflow.MlflowClient(url)
+    experiment = client.get_experiment_by_name("propositional-logic")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert runs["generate"].data.metrics["rows_train"] == 400
+    assert runs["validate"].data.metrics["validation_success"] == 1.0
+    # Artifacts travel through the server into its artifact store, not the project folder.
+    assert "validation.json" in {a.path for a in client.list_artifacts(runs["validate"].info.run_id)}
+    assert any(p.name == "validation.json" for p in artifact_root.rglob("*"))
+    assert not (project / "mlartifacts").exists()
+
+
+def test_mlproject_entry_point_runs_with_local_env_manager(tmp_path):
+    project, env = make_project(tmp_path / "p")
+    proc = run(["mlflow", "run", ".", "-e", "generate_logic", "--env-manager", "local",
+                "--experiment-name", "propositional-logic"], project, env, timeout=600)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("propositional-logic")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, proc.stderr[-2000:]  # the project run and the stage run are one
+    assert runs[0].info.run_name == "generate" and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["seed"] == "0" and runs[0].data.metrics["rows_train"] == 400
+    assert (project / "artifacts/logic/data/train.parquet").is_file()
