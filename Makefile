@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing test benchmark-training benchmark-patching
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing test benchmark-training benchmark-patching mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -40,7 +40,7 @@ pipeline: setup
 	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000"
 
-# The default recipe (params.yaml; README, "The default recipe") writes each chain's rules in proof
+# The default recipe (params.yaml; docs/logic/notebook.md) writes each chain's rules in proof
 # order, ends prompts at the query variable, puts every training problem beside its query twin in
 # the same batch (the same rules and facts, the other chain's query: a model that ignores the query
 # cannot fit both), trains a head after layer 2 to name each rule conclusion's source, and runs a
@@ -59,7 +59,7 @@ depth3: seeds   # the target's name while this recipe was not yet the default
 
 # The earlier data and training, as the paper writes the task: all rules in one random order, no
 # twins, no source head, prompts ending `query W answer`, 4,000 steps stopping at the first perfect
-# validation. The model ignores the query (README, "Without the recipe"); `make shuffled SEEDS=[0]`.
+# validation. The model ignores the query (docs/logic/notebook.md); `make shuffled SEEDS=[0]`.
 BASELINE_PARAMS := -S logic.data.rule_order=shuffled -S 'logic.data.query_twins=[]' -S logic.data.sizes.train=100000 \
   -S logic.pairs.rule_order=shuffled -S logic.train.source_aux=0.0 -S logic.train.warmup_frac=0.1 \
   -S logic.train.stop_on_perfect=true
@@ -71,7 +71,7 @@ shuffled: setup
 	dvc exp run -n shuffled-$(SEED_NAME) $(SHUFFLED_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@dvc metrics show
 
-# The depth-2 routing recipe (README, "The routing recipe"): shuffled rules, prompts that stop at the
+# The depth-2 routing recipe (docs/logic/notebook.md): shuffled rules, prompts that stop at the
 # query variable, depth-5 trace sequences beside the task's training rows, 12,000 steps. About an
 # hour per seed on 2 CPU cores; `make routing SEEDS=[1,3,4]`.
 ROUTING_PARAMS := $(BASELINE_PARAMS) -S logic.data.depth=2 -S logic.data.traces.size=100000 \
@@ -90,3 +90,7 @@ benchmark-training: setup
 
 benchmark-patching: setup-dev
 	$(PY) -m benchmarks.bench_patching --threads 1
+
+# MLproject is generated from the DVC pipelines (tests/core/test_mlproject.py checks it is current).
+mlproject: setup
+	$(PY) -m modules.core.mlproject

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from modules.studies.logic.circuit import (CircuitConfig, cached_residuals, encode_prompts, run_circuit_study,
-                                            write_circuit)
+from modules.studies.logic.circuit import CircuitConfig, cached_residuals, encode_prompts, run_circuit_study
+from modules.studies.logic.circuit_outputs import write_circuit
 from modules.studies.logic.data.dataset import generate_flip_pairs, generate_splits
 from modules.studies.logic.data.syntax import end_compact_prompt
 from modules.engine import capture_positions

@@ -7,10 +7,10 @@ is the argmax given the correct prefix). Use it to pick ``params.yaml`` defaults
 that count come from ``bench_training.py``.
 
     python -m experiments.logic.explore_training --config '{"n_embd": 120, "lr": 0.003}' --steps 6000
-    python -m experiments.logic.explore_training --summarize benchmarks/results/explore-*.jsonl
+    python -m experiments.logic.explore_training --summarize experiments/logic/results/explore-*.jsonl
 
 Many recipes run side by side on one GPU box by starting one process per config line.
-Recorded searches are in ``benchmarks/results/explore-*.jsonl`` (one JSON line per evaluation).
+Recorded searches are in ``experiments/logic/results/explore-*.jsonl`` (one JSON line per evaluation).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -87,6 +88,32 @@ def ensure_experiment(study: str, uri: str) -> None:
     mlflow.set_experiment(study)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def close_dead_runs(study: str, stage: str) -> list[str]:
+    """Mark KILLED the runs of ``stage`` that this machine started and whose process is gone (a
+    SIGKILL leaves them RUNNING forever); their ids. Runs of live processes are left alone."""
+    experiment = mlflow.get_experiment_by_name(study)
+    if experiment is None:
+        return []
+    client = mlflow.MlflowClient()
+    stale = client.search_runs([experiment.experiment_id],
+                               f"attributes.status = 'RUNNING' and tags.stage = '{stage}' "
+                               f"and tags.host = '{socket.gethostname()}'")
+    dead = [r.info.run_id for r in stale if not _alive(int(r.data.tags.get("pid", "0") or 0))]
+    for run_id in dead:
+        client.set_terminated(run_id, status="KILLED")
+    return dead
+
+
 @contextmanager
 def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
                 data_paths: Iterable[str | os.PathLike] = (), nested: bool = False,
@@ -102,7 +129,9 @@ def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
     launched = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested and mlflow.active_run() is None
     if not nested and not launched:
         ensure_experiment(study, uri)
-    run_tags = {"git_commit": git_commit(), "stage": stage, **(tags or {})}
+        close_dead_runs(study, stage)
+    run_tags = {"git_commit": git_commit(), "stage": stage, "host": socket.gethostname(), "pid": str(os.getpid()),
+                **(tags or {})}
     with mlflow.start_run(run_name=stage, nested=nested, tags=run_tags) as run:
         if launched:
             mlflow.set_tag("mlflow.runName", stage)

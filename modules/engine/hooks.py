@@ -60,8 +60,8 @@ def as_site(site: Site | str | tuple, adapter: Adapter | None = None, positions=
                     site.heads if heads is None else heads)
     if site.kind not in SITE_KINDS:
         raise EngineError(f"unknown site {site.kind!r}; sites are {', '.join(SITE_KINDS)}")
-    positions = None if site.positions is None else tuple(int(p) for p in _as_list(site.positions))
-    heads = None if site.heads is None else tuple(int(h) for h in _as_list(site.heads))
+    positions = None if site.positions is None else tuple(_index(p, "position") for p in _as_list(site.positions))
+    heads = None if site.heads is None else tuple(_index(h, "head") for h in _as_list(site.heads))
     if heads is not None and site.kind in RESID_KINDS:
         raise EngineError(f"site {site.kind} has no heads; heads apply to {', '.join(HEAD_KINDS)}, pattern")
     if adapter is not None:
@@ -69,6 +69,13 @@ def as_site(site: Site | str | tuple, adapter: Adapter | None = None, positions=
         for head in heads or ():
             adapter.check_head(head, site.kind)
     return Site(site.kind, site.layer, positions, heads)
+
+
+def _index(value, what: str) -> int:
+    """An integer index; 2.5 or True is refused rather than truncated."""
+    if isinstance(value, bool) or int(value) != value:
+        raise EngineError(f"a {what} index must be an integer, got {value!r}")
+    return int(value)
 
 
 def _as_list(values) -> list:

@@ -8,8 +8,8 @@ from tests.pipelines.conftest import make_project, run
 
 def test_killed_training_leaves_no_partial_outputs(tmp_path):
     project, env = make_project(tmp_path, train__max_steps=100000, train__val_every=2)
-    run(["python", "-m", "pipelines.logic.generate"], project, env)
-    proc = subprocess.Popen(["python", "-m", "pipelines.logic.train", "--seed", "0"], cwd=project, env=env,
+    run(["python", "-m", "pipelines.logic.generate", "--out", "artifacts/logic/data"], project, env)
+    proc = subprocess.Popen(["python", "-m", "pipelines.logic.train", "--seed", "0", "--data", "artifacts/logic/data", "--out", "artifacts/logic"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = project / "artifacts/logic/checkpoints/seed0/last.ckpt"
     deadline = time.time() + 300

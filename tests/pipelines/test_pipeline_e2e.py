@@ -158,7 +158,7 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("data__prompt_end", "middle", "params.yaml logic.data.prompt_end must be one of ['answer', 'query'], got 'middle'"),
     ("data__traces", {"size": 10, "depth": 3, "seed": 7},
      "params.yaml logic.data.traces.depth must differ from logic.data.depth (3)"),
-    ("data__traces", {"size": -1, "depth": 5, "seed": 7}, "params.yaml logic.data.traces.size must be an int >= 0"),
+    ("data__traces", {"size": -1, "depth": 5, "seed": 7}, "params.yaml logic.data.traces.size must be an int in [0, "),
     ("seeds", [], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got []"),
     ("seeds", [0, 0], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got [0, 0]"),
     ("seeds", ["a"], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got ['a']"),
@@ -172,7 +172,7 @@ def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
         node = node[section]
     node[name] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run(["python", "-m", "pipelines.logic.generate"], project, env, check=False)
+    proc = run(["python", "-m", "pipelines.logic.generate", "--out", "artifacts/logic/data"], project, env, check=False)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
@@ -182,6 +182,6 @@ def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
 
 def test_missing_model_is_a_one_line_error(scratch_project):
     project, env, _ = scratch_project
-    proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "5"], project, env, check=False)
+    proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "0", "--data", "artifacts/logic/data", "--benchmark", "data/logic_benchmark.parquet", "--out", "artifacts/logic"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "error: no model at artifacts/logic/models/seed5" in proc.stderr
+    assert "error: no model at artifacts/logic/models/seed0" in proc.stderr

@@ -46,8 +46,8 @@ def mlflow_server(tmp_path):
 def test_stages_log_to_a_real_tracking_server(tmp_path, mlflow_server):
     url, artifact_root = mlflow_server
     project, env = make_project(tmp_path / "p", tracking_uri=url)
-    run(["python", "-m", "pipelines.logic.generate"], project, env)
-    run(["python", "-m", "pipelines.logic.validate"], project, env)
+    run(["python", "-m", "pipelines.logic.generate", "--out", "artifacts/logic/data"], project, env)
+    run(["python", "-m", "pipelines.logic.validate", "--data", "artifacts/logic/data", "--benchmark", "data/logic_benchmark.parquet", "--docs", "reports/data_docs/logic", "--summary", "artifacts/logic/validation.json"], project, env)
     client = mlflow.MlflowClient(url)
     experiment = client.get_experiment_by_name("propositional-logic")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}

@@ -28,10 +28,8 @@ import torch
 from torch import Tensor
 
 from modules.core.params import load, param
-from modules.analysis.outputs import log_patching_runs, log_results, write_results
 from modules.analysis.pairs import (PairExamples, StudyError, ablated_ld, behaviour, ci_dict, first_token_ld,
                                     head_means, head_patching, kept_share, model_device, patching_effects)
-from modules.studies.logic import STUDY
 from modules.studies.logic.llm import DIRECTIONS
 from modules.engine import Site, capture, get_adapter, patch_resid_sweep, steer
 from modules.engine.metrics import mean_with_ci, wilson_ci
@@ -436,89 +434,3 @@ def run_circuit_study(model, tokenizer, test: pd.DataFrame, pairs: pd.DataFrame,
     summary["circuit"] = planning_circuit(model, examples, ld_clean, config.break_share, config.n_boot,
                                           config.seed, config.batch_size, config.random_controls)
     return CircuitResult(summary, tensors, probes)
-
-
-# ---------------------------------------------------------------- outputs
-
-def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]:
-    """Heatmaps: attention to the query per chain and to the rules and facts sections (layer x
-    head), patching effects of the residual
-    stream (layer x position) and of heads (layer x head), and probe accuracy per target."""
-    from modules.engine.tracking import effect_heatmap
-
-    figures = {}
-    for target, what in (("query", "the query"), ("conclusion", "the queried rule's conclusion")):
-        for chain in DIRECTIONS:
-            figures[f"attention_{target}_{chain}.png"] = effect_heatmap(
-                result.tensors[f"attention.{target}.{chain}"], "layer", "head",
-                title=f"{model_name}: attention from the last position to {what} ({chain} queries)")
-    for section in ("rules", "facts"):
-        figures[f"attention_{section}.png"] = effect_heatmap(
-            result.tensors[f"attention.{section}.all"], "layer", "head",
-            title=f"{model_name}: attention from the last position to the {section} section (all queries)")
-    for site, col in (("resid_pre", "position"), ("head_out", "head")):
-        if f"effect.{site}" in result.tensors:
-            figures[f"patching_{site}.png"] = effect_heatmap(
-                result.tensors[f"effect.{site}"], "layer", col,
-                title=f"{model_name}: patching {site} (flipped -> clean), normalised effect")
-    for target in PROBE_TARGETS:
-        table = result.probes[result.probes.target == target].pivot(index="layer", columns="position",
-                                                                    values="accuracy")
-        figures[f"probe_{target}.png"] = effect_heatmap(
-            torch.tensor(table.to_numpy()), "layer", "position", col_ticks=list(table.columns),
-            title=f"{model_name}: probe accuracy, {target}")
-    return figures
-
-
-def circuit_metrics(summary: Mapping) -> dict[str, float]:
-    """Headline numbers, flat, for `dvc metrics show` and MLflow."""
-    head, conclusion = summary["attention"]["routing_head"], summary["attention"]["conclusion_head"]
-    metrics = {"routing_attention_linear": head["linear"]["mean"], "routing_attention_logop": head["logop"]["mean"],
-               "conclusion_attention_linear": conclusion["linear"]["mean"],
-               "conclusion_attention_logop": conclusion["logop"]["mean"],
-               "flip_pairs_solved": float(summary["flip_pairs"]["n_solved_examples"])}
-    steering = summary.get("steering", {})
-    if steering:
-        metrics["steering_flip"] = steering["difference_of_means"]["flip"]["mean"]
-    if "random" in steering:
-        metrics["steering_flip_random"] = steering["random"]["flip"]["mean"]
-    for target, best in summary["probes"]["best"].items():
-        metrics[f"probe.{target}"] = float(best["accuracy"])
-    for direction in DIRECTIONS:
-        metrics[f"flip_pairs_first_token_{direction}"] = summary["flip_pairs"][f"first_token_{direction}"]["mean"]
-    circuit = summary.get("circuit", {})
-    metrics["circuit_heads"] = float(len(circuit.get("circuit", [])))
-    if "sufficiency" in circuit:
-        metrics["sufficiency"] = circuit["sufficiency"]["mean"]
-        metrics["necessity"] = circuit["necessity"]["mean"]
-    return metrics
-
-
-def write_circuit(result: CircuitResult, out_dir, model_name: str, run_id: str = "") -> None:
-    """summary.json, probes.csv, tensors.safetensors and figures/ under ``out_dir``."""
-    write_results(out_dir, {"model": model_name, "mlflow_run_id": run_id, **result.summary},
-                  {"probes.csv": result.probes}, result.tensors, circuit_figures(result, model_name))
-
-
-def log_circuit(result: CircuitResult, model_name: str, dataset_hash: str, figures_dir) -> None:
-    """Into the active MLflow run: metrics, summary, probe table, tensors and saved figures; one
-    nested run per patching sweep and one for the probes, through the engine's run logger."""
-    from modules.engine.tracking import log_engine_run
-
-    log_results(circuit_metrics(result.summary), result.summary, {"probes.csv": result.probes}, result.tensors,
-                figures_dir)
-    sites = {site: dims for site, dims in (("resid_pre", ("layer", "position")), ("head_out", ("layer", "head")))
-             if f"effect.{site}" in result.tensors}
-    log_patching_runs(result.tensors, sites, model=model_name, dataset_hash=dataset_hash,
-                      n_layers=result.summary["n_layers"], n_examples=result.summary["flip_pairs"]["n_examples"],
-                      study=STUDY, metric="normalised logit difference, flipped -> clean")
-    chain = result.probes[result.probes.target == "queried_chain"]
-    accuracy = chain.pivot(index="layer", columns="position", values="accuracy")
-    low = chain.pivot(index="layer", columns="position", values="ci_low")
-    high = chain.pivot(index="layer", columns="position", values="ci_high")
-    as_tensor = lambda frame: torch.tensor(frame.to_numpy(), dtype=torch.float32)  # noqa: E731
-    log_engine_run("probe", as_tensor(accuracy), model=model_name, dataset_hash=dataset_hash,
-                   sites=[f"resid_post.{layer}" for layer in accuracy.index], dims=("layer", "position"),
-                   ci=(as_tensor(low), as_tensor(high)), tick_labels={"position": list(accuracy.columns)},
-                   params={"target": "queried_chain", "n_examples": result.summary["probes"]["n"]},
-                   study=STUDY, nested=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from modules.core.checksums import verify_checksums, write_checksums
 from modules.core.io import atomic_dir
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 
@@ -50,11 +51,16 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path) -> None:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_checksums(tmp)
 
 
 def load_checkpoint(path: str | Path):
     """Load (model, tokenizer) from a saved HF directory through the engine's loader, which
     fails with one line naming the path when it is absent or broken."""
-    from modules.engine.adapters import load_model
+    from modules.engine.adapters import ModelLoadError, load_model
 
+    path = Path(path)
+    if path.is_dir() and not (path / "tokenizer.json").is_file():
+        raise ModelLoadError(f"no tokenizer at {path}: tokenizer.json is missing")
+    verify_checksums(path)
     return load_model(path, attn_implementation="sdpa")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from modules.core.params import load, param, section
+from modules.core.params import ParamsError, load, param, section
 from modules.studies.logic.data.generator import MAX_DEPTH, MIN_DEPTH, RULE_ORDERS
-from modules.studies.logic.data.syntax import OPERATORS, PROMPT_ENDS
+from modules.studies.logic.data.syntax import PROMPT_ENDS
 
 DEPTHS = (MIN_DEPTH, MAX_DEPTH)
 SIZE = (0, 10**8)
@@ -22,16 +22,17 @@ class Section:
 @dataclass(frozen=True)
 class TraceParams(Section):
     size: int = param(range=SIZE)
-    depth: int = param(range=DEPTHS)
+    depth: int = param()
     seed: int = param(range=(0, 2**63 - 1))
 
 
 @dataclass(frozen=True)
 class DataParams(Section):
+    """Keys and types; the generator checks the values' meaning (depth, shares, operators) itself."""
     seed: int = param(range=(0, 2**63 - 1))
-    depth: int = param(range=DEPTHS)
-    logop_share: float = param(range=(0.0, 1.0))
-    operators: list[str] = param(choices=OPERATORS)
+    depth: int = param()
+    logop_share: float = param()
+    operators: list[str] = param()
     prompt_end: str = param(choices=PROMPT_ENDS)
     rule_order: str = param(choices=RULE_ORDERS)
     query_twins: list[str] = param()
@@ -39,15 +40,13 @@ class DataParams(Section):
     sizes: dict[str, int] = param()
 
     def __post_init__(self):
-        if not self.operators or len(set(self.operators)) != len(self.operators):
-            raise ValueError(f"operators must be a non-empty list of distinct values, got {self.operators}")
         if not self.sizes or any(n < 0 for n in self.sizes.values()):
             raise ValueError(f"sizes must map each split to a row count >= 0, got {self.sizes}")
         if not set(self.query_twins) <= set(self.sizes):
             raise ValueError(f"query_twins names splits not in sizes: {sorted(set(self.query_twins) - set(self.sizes))}")
         if self.traces.depth == self.depth:
-            raise ValueError(f"traces.depth must differ from depth ({self.depth}): a trace prompt would read as "
-                             "a task prompt")
+            raise ParamsError(f"params.yaml logic.data.traces.depth must differ from logic.data.depth ({self.depth}): "
+                              "a trace prompt would read as a task prompt")
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,16 @@ def generate_data(data: DataParams, out: Path) -> dict[str, int]:
     """The train/val/test splits (and the trace sequences, when asked for) at ``out``."""
     with tracked_run(STUDY, "generate", data.as_dict()):
         start = time.perf_counter()
-        try:
+        try:  # the data module names the key; say where it lives
             frames = splits_from_params(data.as_dict())
+        except ValueError as error:
+            raise ValueError(f"params.yaml logic.data.{error}") from None
+        try:
             traces = data.traces
             trace_frame = generate_traces(traces.seed, traces.size, traces.depth, data.logop_share, data.operators,
                                           data.prompt_end, rule_order=data.rule_order)
-        except ValueError as error:  # the data module names the key; say where it lives
-            raise ValueError(f"params.yaml logic.data: {error}") from None
+        except ValueError as error:
+            raise ValueError(f"params.yaml logic.data.traces.{error}") from None
         with atomic_dir(out) as tmp:
             write_splits(frames, tmp)
             if len(trace_frame):
@@ -229,8 +232,8 @@ def analyze_seed(config, seed: int, data_dir: Path, pairs_path: Path, out: Path)
     """The circuit study of one seed's model: routing attention, probes on the cached activations,
     steering, patching and the planning circuit."""
     from modules.engine.activation_cache import ActivationCache
-    from modules.studies.logic.circuit import (cached_residuals, circuit_metrics, encode_prompts, log_circuit,
-                                               run_circuit_study, write_circuit)
+    from modules.studies.logic.circuit import cached_residuals, encode_prompts, run_circuit_study
+    from modules.studies.logic.circuit_outputs import circuit_metrics, log_circuit, write_circuit
     from modules.studies.logic.model import load_checkpoint
 
     model_dir, cache_dir = out / "models" / f"seed{seed}", out / "activations" / f"seed{seed}"

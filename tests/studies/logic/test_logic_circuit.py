@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from modules.core.params import ParamsError
-from modules.studies.logic.circuit import (CircuitConfig, StudyError, cached_residuals, circuit_metrics,
-                                            compact_examples, encode_prompts, queried_conclusion_positions,
-                                            routing_summary, run_circuit_study, section_attention)
+from modules.studies.logic.circuit import (CircuitConfig, StudyError, cached_residuals, compact_examples,
+                                            encode_prompts, queried_conclusion_positions, routing_summary,
+                                            run_circuit_study, section_attention)
+from modules.studies.logic.circuit_outputs import circuit_metrics
 from modules.studies.logic.data.dataset import generate_flip_pairs, generate_splits
 from modules.engine import capture
 from modules.engine.activation_cache import ActivationCache, save_activations

@@ -1,0 +1,42 @@
+"""sha256 checksums of an exported model's files, written beside them and verified at load time,
+so that bytes damaged after export fail loudly instead of loading as a different model."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+CHECKSUMS = "checksums.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: str | Path, pattern: str = "*.safetensors") -> dict[str, str]:
+    """Record the sha256 of every file matching ``pattern`` in ``directory/checksums.json``."""
+    directory = Path(directory)
+    sums = {f.name: sha256_file(f) for f in sorted(directory.glob(pattern))}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    return sums
+
+
+def verify_checksums(directory: str | Path) -> None:
+    """Raise a one-line ValueError when a file recorded in ``checksums.json`` is missing or differs;
+    a directory without the record (an older export) passes."""
+    directory = Path(directory)
+    record = directory / CHECKSUMS
+    if not record.is_file():
+        return
+    for name, expected in json.loads(record.read_text()).items():
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing (recorded in {record})")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ValueError(f"{path} is corrupted: sha256 {actual[:12]}... differs from the recorded "
+                             f"{expected[:12]}... in {CHECKSUMS}")

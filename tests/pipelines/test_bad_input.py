@@ -1,0 +1,124 @@
+"""Bad input to the stages, as a new user would give it: one clear line on stderr, exit 1, and no
+output left behind that DVC would take as done."""
+import shutil
+
+import pytest
+import yaml
+
+from tests.pipelines.conftest import make_project, run
+
+DATA = ["--out", "artifacts/logic/data"]
+TRAIN = ["--seed", "0", "--data", "artifacts/logic/data", "--out", "artifacts/logic"]
+
+
+def one_line_error(proc, *expected: str) -> str:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def edit_params(project, edit) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny project with its data and a seed-0 model (8 steps)."""
+    project, env = make_project(tmp_path_factory.mktemp("bad-input"))
+    run(["python", "-m", "pipelines.logic.generate", *DATA], project, env)
+    run(["python", "-m", "pipelines.logic.train", *TRAIN], project, env)
+    return project, env
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda p: p["logic"]["data"].pop("operators"), "params.yaml logic.data: missing key(s) ['operators']"),
+    (lambda p: p["logic"]["data"].update(sizez=1), "params.yaml logic.data: unknown key(s) ['sizez']"),
+    (lambda p: p["logic"].update(seeds=[-1]), "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0"),
+])
+def test_bad_data_params_are_one_line(tmp_path, edit, expected):
+    project, env = make_project(tmp_path)
+    edit_params(project, edit)
+    one_line_error(run(["python", "-m", "pipelines.logic.generate", *DATA], project, env, check=False), expected)
+    assert not (project / "artifacts/logic/data").exists()
+
+
+def test_dropped_recipe_keys_stop_training_instead_of_defaulting(trained):
+    project, env = trained
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: [p["logic"]["train"].pop(k) for k in ("source_aux", "stop_on_perfect")])
+        proc = run(["python", "-m", "pipelines.logic.train", *TRAIN], project, env, check=False)
+        one_line_error(proc, "logic.train: missing key(s) ['source_aux', 'stop_on_perfect']")
+    finally:
+        (project / "params.yaml").write_text(original)
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    project, env = make_project(tmp_path)
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("logic:\n", "logic:\n  bad: [1, 2\n", 1))
+    proc = run(["python", "-m", "pipelines.logic.generate", *DATA], project, env, check=False)
+    one_line_error(proc, "params.yaml: invalid YAML at line")
+
+
+def test_a_seed_outside_logic_seeds_is_one_line(trained):
+    project, env = trained
+    proc = run(["python", "-m", "pipelines.logic.train", "--seed", "-1", *TRAIN[2:]], project, env, check=False)
+    one_line_error(proc, "--seed -1 is not in params.yaml logic.seeds [0]")
+
+
+def test_a_gpu_accelerator_on_a_cpu_machine_is_one_line(trained):
+    project, env = trained
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: p["logic"]["train"].update(accelerator="gpu", max_steps=9))
+        proc = run(["python", "-m", "pipelines.logic.train", *TRAIN], project, env, check=False)
+    finally:
+        (project / "params.yaml").write_text(original)
+    one_line_error(proc, "train.accelerator is 'gpu' but this machine has no visible GPU")
+
+
+def test_activation_positions_outside_the_prompt_are_one_line(trained):
+    project, env = trained
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: p["logic"]["activations"].update(positions=[-2, 99]))
+        proc = run(["python", "-m", "pipelines.logic.cache_activations", *TRAIN], project, env, check=False)
+    finally:
+        (project / "params.yaml").write_text(original)
+    one_line_error(proc, "logic.activations.positions [99] are outside the")
+    assert not (project / "artifacts/logic/activations/seed0").exists()
+
+
+def test_an_empty_test_split_is_one_line(trained, tmp_path):
+    project, env = trained
+    import pandas as pd
+
+    empty = tmp_path / "data"
+    shutil.copytree(project / "artifacts/logic/data", empty)
+    pd.read_parquet(empty / "test.parquet").head(0).to_parquet(empty / "test.parquet", index=False)
+    proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "0", "--data", str(empty), "--benchmark",
+                "data/logic_benchmark.parquet", "--out", "artifacts/logic"], project, env, check=False)
+    one_line_error(proc, "the test split at", "has no rows")
+    assert not (project / "artifacts/logic/metrics/seed0.json").exists()
+
+
+def test_a_model_without_its_tokenizer_or_with_damaged_weights_is_one_line(trained, tmp_path):
+    project, env = trained
+    model = tmp_path / "model"
+    shutil.copytree(project / "artifacts/logic/models/seed0", model)
+    (model / "tokenizer.json").unlink()
+    code = f"from modules.studies.logic.model import load_checkpoint; load_checkpoint({str(model)!r})"
+    wrapped = ["python", "-c", "from modules.core.stage import run\nrun(lambda: exec(" + repr(code) + "))"]
+    one_line_error(run(wrapped, project, env, check=False), "tokenizer.json is missing")
+    shutil.copy2(project / "artifacts/logic/models/seed0/tokenizer.json", model / "tokenizer.json")
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    one_line_error(run(wrapped, project, env, check=False), "model.safetensors is corrupted")
