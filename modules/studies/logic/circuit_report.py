@@ -8,20 +8,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from modules.studies.logic.llm_report import PAPER, markdown_table, pct_ci
+from modules.analysis.report import markdown_table, pct_ci, verdict
+from modules.studies.logic.llm_report import PAPER
 
 ROUTING_LINEAR, ROUTING_LOGOP, PROBE_LINEAR_SOURCE = 0.90, 0.05, 0.97
-
-
-def verdict(entry: Mapping, threshold: float, above: bool) -> str:
-    """'reproduced' when the whole 95% CI lies on the claimed side of ``threshold``, 'not
-    reproduced' when it lies wholly on the other side, else 'inconclusive'."""
-    low, high = entry["ci_low"], entry["ci_high"]
-    if (low > threshold) if above else (high < threshold):
-        return "reproduced"
-    if (high < threshold) if above else (low > threshold):
-        return "not reproduced"
-    return "inconclusive"
 
 
 def _probe(summary: Mapping, target: str, layer: int, position: str) -> Mapping | None:

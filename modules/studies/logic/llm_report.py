@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from modules.analysis.report import markdown_table, pct_ci
 from modules.studies.logic.llm import FAMILIES, FIGURE_STATS, PAPER_HEADS
 
 PAPER = "Hong et al. (2024), *How Transformers Solve Propositional Logic Problems*, arXiv:2411.04105"
@@ -28,16 +29,6 @@ FAMILY_TEXT = {
                 "variable's fact",
     "unclassified": "in the circuit by its patching effect, but no attention statistic passes its threshold",
 }
-
-
-def pct_ci(entry: Mapping, digits: int = 1) -> str:
-    return (f"{100 * entry['mean']:.{digits}f}% (95% CI {100 * entry['ci_low']:.{digits}f}-"
-            f"{100 * entry['ci_high']:.{digits}f}%)")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def render_report(summary: Mapping, figures_dir: str = "figures") -> str:

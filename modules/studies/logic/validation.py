@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from modules.core.io import write_json
+from modules.core.params import load, param
 from modules.studies.logic.data.dataset import SCHEMA, TRACE_SCHEMA
 from modules.studies.logic.data.generator import QUERY_CHAINS, RULE_ORDERS
 from modules.studies.logic.data.syntax import OPERATORS, PROMPT_ENDS, UNDETERMINED, parse_compact_prompt
@@ -37,64 +38,38 @@ COLUMNS: dict[str, str] = {f.name: _pandas_dtype(f.type) for f in SCHEMA}
 TRACE_COLUMNS: dict[str, str] = {f.name: _pandas_dtype(f.type) for f in TRACE_SCHEMA}
 TRACES = "traces"
 CROSS_IDS, CROSS_PROMPTS = "all_splits_ids", "all_splits_prompts"
-MAX_EXAMPLES = 5  # unexpected values kept per expectation in the summary
-EXPECTED_KWARGS = ("type_", "value_set", "min_value", "max_value", "column_list")
 
 
 @dataclass(frozen=True)
 class ValidationParams:
-    logop_share: float            # expected share of rows querying the logical-operator chain
-    operators: tuple[str, ...]    # operators in use, expected in equal shares
-    depths: tuple[int, ...]       # depths in use, expected in equal shares
-    tolerance: float = 0.05       # allowed absolute deviation of every share
-    prompt_end: str = "answer"    # compact prompts end with `answer`, or at the query variable ("query")
-    trace_depth: int | None = None  # the depth of the trace sequences, when there are any
-    rule_order: str = "shuffled"  # "chain": every rule's premises are concluded by rules written before it
+    logop_share: float = param(range=(0.0, 1.0))  # expected share of rows querying the logical-operator chain
+    operators: tuple[str, ...] = param(choices=OPERATORS)  # operators in use, expected in equal shares
+    depth: int | tuple[int, ...] = param(range=(1, 10**3))  # depth(s) in use, expected in equal shares
+    tolerance: float = param(0.05, range=(1e-9, 1.0))  # allowed absolute deviation of every share
+    prompt_end: str = param("answer", choices=PROMPT_ENDS)  # `answer`, or at the query variable ("query")
+    trace_depth: int | None = param(None, range=(1, 10**3))  # the depth of the trace sequences, when there are any
+    rule_order: str = param("shuffled", choices=RULE_ORDERS)  # "chain": premises concluded by rules written before
 
     def __post_init__(self):
-        if not _is_number(self.logop_share) or not 0.0 <= self.logop_share <= 1.0:
-            raise ValueError(f"logop_share must be a number in [0, 1], got {self.logop_share!r}")
-        if not _is_number(self.tolerance) or not 0.0 < self.tolerance <= 1.0:
-            raise ValueError(f"tolerance must be a number in (0, 1], got {self.tolerance!r}")
-        if not self.operators or not set(self.operators) <= set(OPERATORS):
-            raise ValueError(f"operators must be a non-empty subset of {list(OPERATORS)}, "
-                             f"got {list(self.operators)}")
-        if not self.depths or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
-                                  for d in self.depths):
-            raise ValueError(f"depth must be a positive int or a list of them, got {list(self.depths)}")
-        if self.prompt_end not in PROMPT_ENDS:
-            raise ValueError(f"prompt_end must be one of {list(PROMPT_ENDS)}, got {self.prompt_end!r}")
-        if self.rule_order not in RULE_ORDERS:
-            raise ValueError(f"rule_order must be one of {list(RULE_ORDERS)}, got {self.rule_order!r}")
-        if self.trace_depth is not None and (isinstance(self.trace_depth, bool) or not isinstance(
-                self.trace_depth, int) or self.trace_depth in self.depths):
+        object.__setattr__(self, "operators", tuple(dict.fromkeys(self.operators)))
+        object.__setattr__(self, "depth", tuple(dict.fromkeys(self.depth if isinstance(self.depth, tuple)
+                                                                else (self.depth,))))
+        if not self.operators:
+            raise ValueError("operators must be a non-empty list")
+        if self.trace_depth is not None and self.trace_depth in self.depths:
             raise ValueError(f"trace_depth must be an int other than the task's depth {list(self.depths)}, "
                              f"got {self.trace_depth!r}")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return self.depth
 
     @classmethod
     def from_mapping(cls, params: Mapping[str, Any]) -> "ValidationParams":
         """From {logop_share, operators, depth, tolerance?, prompt_end?, trace_depth?, rule_order?};
         depth is an int or a list."""
-        optional = {"tolerance", "prompt_end", "trace_depth", "rule_order"}
-        missing = {"logop_share", "operators", "depth"} - set(params)
-        unknown = set(params) - {"logop_share", "operators", "depth", *optional}
-        if missing or unknown:
-            raise ValueError(f"params must have keys logop_share, operators, depth and optionally "
-                             f"{', '.join(sorted(optional))}; missing {sorted(missing)}, unknown {sorted(unknown)}")
-        return cls(params["logop_share"], _distinct(params["operators"]), _distinct(params["depth"]),
-                   params.get("tolerance", 0.05), params.get("prompt_end", "answer"), params.get("trace_depth"),
-                   params.get("rule_order", "shuffled"))
+        return load(cls, dict(params), "validation", complete=False)
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _distinct(value: Any) -> tuple:
-    return tuple(dict.fromkeys(value if isinstance(value, (list, tuple)) else (value,)))
-
-
-# ---- suites -----------------------------------------------------------------------------------
 
 def split_expectations(split: str, params: ValidationParams) -> list[gxe.Expectation]:
     """Expectations for one split, run on the frame returned by `with_check_columns`."""
@@ -316,7 +291,8 @@ def summary_dict(report: ValidationReport, params: ValidationParams) -> dict:
         entry["expectations"].append(item)
     for name, rows in report.rows.items():
         splits[name]["rows"] = rows
-    return {"success": report.success, "params": asdict(params), "splits": splits,
+    described = {("depths" if k == "depth" else k): v for k, v in asdict(params).items()}
+    return {"success": report.success, "params": described, "splits": splits,
             "failures": [f"{o.split}: {o.expectation}" for o in report.failures()]}
 
 
