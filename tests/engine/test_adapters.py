@@ -124,3 +124,21 @@ def test_get_adapter_rejects_unknown_architectures_and_out_of_range_indices(tiny
     with pytest.raises(EngineError, match="layer must be an integer"):
         adapter.check_layer(1.5)
     assert adapter.check_head(3, "q") == 3
+
+
+def test_a_missing_relative_model_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from modules.engine.adapters import ModelLoadError, load_model
+
+    (tmp_path / "artifacts").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"^no model at artifacts/no_model: directory not found$"):
+        load_model("artifacts/no_model")
+
+
+def test_a_fractional_head_index_is_refused_not_truncated():
+    from modules.engine.adapters import EngineError
+    from modules.engine.hooks import Site, as_site
+
+    with pytest.raises(EngineError, match="a head index must be an integer, got 2.5"):
+        as_site(Site("head_out", 0, heads=(2.5,)))
+    assert as_site(Site("head_out", 0, heads=(2,))).heads == (2,)

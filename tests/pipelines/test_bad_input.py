@@ -13,8 +13,8 @@ TRAIN = ["--seed", "0", "--data", "artifacts/logic/data", "--out", "artifacts/lo
 
 def one_line_error(proc, *expected: str) -> str:
     assert proc.returncode == 1, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
