@@ -232,7 +232,10 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float3
         dtype = getattr(torch, dtype)
     path = Path(name_or_path)
     local = path.exists()
-    looks_local = str(name_or_path).startswith(("/", ".", "~")) or str(name_or_path).count("/") > 1
+    text = str(name_or_path)
+    # "artifacts/no_model" is a path when its first part is a local folder, not a hub id "org/name"
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or (
+        "/" in text and Path(text.split("/")[0]).is_dir())
     if looks_local and not local:  # not a hub id ("name" or "org/name"): say so, not a hub error
         raise ModelLoadError(f"no model at {path}: directory not found")
     if local:
