@@ -181,7 +181,8 @@ def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
 
 
 def test_missing_model_is_a_one_line_error(scratch_project):
-    project, env, _ = scratch_project
+    project, env, original = scratch_project
+    (project / "params.yaml").write_text(original)  # the bad-params tests above leave their last change
     proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "0", "--data", "artifacts/logic/data", "--benchmark", "data/logic_benchmark.parquet", "--out", "artifacts/logic"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: no model at artifacts/logic/models/seed0" in proc.stderr

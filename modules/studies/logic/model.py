@@ -62,5 +62,8 @@ def load_checkpoint(path: str | Path):
     path = Path(path)
     if path.is_dir() and not (path / "tokenizer.json").is_file():
         raise ModelLoadError(f"no tokenizer at {path}: tokenizer.json is missing")
-    verify_checksums(path)
+    try:
+        verify_checksums(path)
+    except ValueError as error:
+        raise ModelLoadError(str(error)) from None
     return load_model(path, attn_implementation="sdpa")

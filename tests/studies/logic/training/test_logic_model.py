@@ -37,6 +37,9 @@ def test_missing_and_corrupt_checkpoints_give_one_line_errors(tmp_path):
         load_checkpoint(tmp_path / "nowhere")
     save_checkpoint(build_logic_model(n_embd=24), build_logic_tokenizer(), tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="model.safetensors is corrupted: sha256"):
+        load_checkpoint(tmp_path / "m")
+    (tmp_path / "m" / "checksums.json").unlink()  # an export without its record: the loader's own error
     with pytest.raises(ModelLoadError) as error:
         load_checkpoint(tmp_path / "m")
     assert "cannot load weights for" in str(error.value) and "\n" not in str(error.value)
