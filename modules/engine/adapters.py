@@ -10,8 +10,10 @@ model with L blocks and HF's ``hidden_states`` tuple of length L + 1:
 Sites inside block l: ``attn_out.l`` (what attention adds to the residual), ``mlp_out.l`` (what
 the MLP adds), ``head_out.l`` (the input of the attention output projection, split by head:
 [batch, pos, n_heads, head_dim]), ``q.l`` / ``k.l`` / ``v.l`` (projection outputs before rotary
-embeddings: [batch, pos, heads, head_dim], with ``n_kv_heads`` heads for k and v under GQA) and
-``pattern.l`` (attention probabilities [batch, n_heads, query_pos, key_pos]).
+embeddings, and before Gemma-3's per-head q/k norms: [batch, pos, heads, head_dim], with
+``n_kv_heads`` heads for k and v under GQA) and ``pattern.l`` (attention probabilities
+[batch, n_heads, query_pos, key_pos]). Gemma-2/3 ``attn_out`` and ``mlp_out`` are taken after their
+post-norms (what is added to the residual).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class ArchSpec:
     heads_are_linear: bool = True       # the sum of per-head outputs is what reaches the residual
     mlp: str = "mlp"                    # the MLP module, relative to a block
     input_norm: str = "input_layernorm"  # the norm before attention, relative to a block
+    k_norm: str | None = None           # per-head norm of the keys before rotary embeddings (Gemma-3)
 
 
 _LLAMA = ArchSpec(blocks="model.layers", embed="model.embed_tokens", pos_embed=None,
@@ -63,6 +66,16 @@ SPECS: dict[str, ArchSpec] = {
                           "mlp_out": "post_feedforward_layernorm", "norm_offset": 1.0,
                           "heads_are_linear": False}),
 }
+# Gemma-3 (text): Gemma-2's sandwich norms and norm offset, plus per-head q/k norms (applied after the
+# projections, before rotary embeddings) and rotary embeddings that differ between sliding and global layers.
+SPECS["gemma3_text"] = ArchSpec(**{**SPECS["gemma2"].__dict__, "k_norm": "self_attn.k_norm"})
+_FIRST_SPECS = ("gemma2", "gpt2", "llama", "mistral", "qwen2")
+
+
+def supported_architectures() -> str:
+    """The supported ``model_type`` values for error messages: the first five alphabetically, later
+    additions after them (messages that name the first ones stay stable)."""
+    return ", ".join([*_FIRST_SPECS, *sorted(set(SPECS) - set(_FIRST_SPECS))])
 
 
 def _check_index(name: str, value, size: int, what: str) -> int:
@@ -84,7 +97,7 @@ class Adapter:
         config = getattr(model, "config", None)
         arch = getattr(config, "model_type", None)
         if arch not in SPECS:
-            raise EngineError(f"unknown architecture {arch!r}; supported: {', '.join(sorted(SPECS))}")
+            raise EngineError(f"unknown architecture {arch!r}; supported: {supported_architectures()}")
         self.model, self.config, self.arch, self.spec = model, config, arch, SPECS[arch]
         self.blocks = model.get_submodule(self.spec.blocks)
         self.n_layers = len(self.blocks)
@@ -94,6 +107,7 @@ class Adapter:
         self.head_dim = getattr(config, "head_dim", None) or self.d_model // self.n_heads
         self.final_norm = model.get_submodule(self.spec.final_norm)
         self.unembed = model.get_output_embeddings()
+        self._rotary_by_type: bool | None = None
 
     # --- modules -------------------------------------------------------------------------
     def block(self, layer: int) -> nn.Module:
@@ -126,10 +140,22 @@ class Adapter:
             hidden = hidden + self.model.get_submodule(self.spec.pos_embed)(position_ids).to(hidden.device)
         return hidden
 
-    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor):
+    def rotary_kind(self, layer: int) -> str | None:
+        """The layer type whose rotary embedding layer ``layer`` uses (Gemma-3: sliding or full
+        attention, with different bases), or None where one rotary embedding serves every layer."""
+        if self._rotary_by_type is None:
+            rotary = self.model.get_submodule(self.spec.rotary) if self.spec.rotary else None
+            self._rotary_by_type = bool(rotary is not None and "layer_type" in
+                                        inspect.signature(rotary.forward).parameters)
+        return self.config.layer_types[layer] if self._rotary_by_type else None
+
+    def position_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor, layer: int = 0):
+        """(cos, sin) that block ``layer`` receives, as the model's forward computes them."""
         if self.spec.rotary is None:
             return None
-        return self.model.get_submodule(self.spec.rotary)(hidden, position_ids)
+        rotary = self.model.get_submodule(self.spec.rotary)
+        kind = self.rotary_kind(layer)
+        return rotary(hidden, position_ids) if kind is None else rotary(hidden, position_ids, kind)
 
     def sliding_window(self, layer: int) -> int | None:
         layer_types = getattr(self.config, "layer_types", None)
@@ -152,6 +178,8 @@ class Adapter:
             width = self.n_kv_heads * self.head_dim
             kv.append(outputs[id(module)][..., chunk * width:(chunk + 1) * width].reshape(shape).transpose(1, 2))
         keys, values = kv
+        if self.spec.k_norm is not None:
+            keys = block.get_submodule(self.spec.k_norm)(keys)
         if position_embeddings is not None:
             attn = block.get_submodule(self.spec.attn)
             rotate = getattr(inspect.getmodule(type(attn)), "apply_rotary_pos_emb")
@@ -250,7 +278,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | str = torch.float3
         raise ModelLoadError(f"cannot load config for {name_or_path}: {_first_line(error)}") from None
     if config.model_type not in SPECS:
         raise EngineError(f"unknown architecture {config.model_type!r} in {name_or_path}; "
-                          f"supported: {', '.join(sorted(SPECS))}")
+                          f"supported: {supported_architectures()}")
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     if device_map is not None:
         kwargs["device_map"] = device_map

@@ -8,7 +8,11 @@ target run. ``method="restart"`` (default) is the fast path:
 * recompute only positions from the first patched one on, with the earlier positions' keys and
   values taken from the record (shared-prefix reuse);
 * batch many cells into one pass: cells that share a first position run together, each joining
-  the batch at its own layer, and the patches are written with index tensors.
+  the batch at its own layer, and the patches are written with index tensors;
+* patch only what can change: where source and target prompts share a prefix (a minimal pair),
+  a causal model computes the same activations there in both runs, so patches at those positions
+  write values over themselves. They are dropped; a cell left with none is the target's own result
+  and runs nothing, and a head sweep over all positions recomputes only from the first difference.
 
 ``method="naive"`` runs one full hooked forward pass per cell: the reference and the baseline.
 
@@ -115,8 +119,36 @@ def patch_cells(model, target_ids: Tensor, source_ids: Tensor, site: str, cells:
         model(input_ids=source_ids, attention_mask=source_attention_mask)
     if method == "naive":
         return _naive(model, target_ids, attention_mask, site, cells, source, metric, positions, progress)
-    return _restart(model, target_ids, attention_mask, site, cells, source, metric, positions, max_rows, progress,
-                    call_cost)
+    shared = shared_prefix(target_ids, source_ids, attention_mask, source_attention_mask)
+    return _restart(model, target_ids, attention_mask, site, _narrow(cells, shared, seq), source, metric,
+                    positions, max_rows, progress, call_cost)
+
+
+def shared_prefix(target_ids: Tensor, source_ids: Tensor, attention_mask: Tensor | None = None,
+                  source_attention_mask: Tensor | None = None) -> int:
+    """How many leading positions every target prompt shares with its source (tokens and mask).
+    A causal model computes the same activations there in both runs (every site at position p
+    depends on positions 0..p only), so a patch at those positions writes values over themselves."""
+    if (attention_mask is None) != (source_attention_mask is None):
+        return 0
+    if attention_mask is not None and not torch.equal(attention_mask.to(source_attention_mask.device),
+                                                      source_attention_mask):
+        return 0
+    differs = (target_ids != source_ids.to(target_ids.device)).any(0)
+    return int(differs.nonzero()[0, 0]) if bool(differs.any()) else target_ids.shape[1]
+
+
+def _narrow(cells: list[Cell], shared: int, seq: int) -> list[Cell | None]:
+    """Each cell without its positions in the shared prefix (patches there change nothing);
+    ``None`` for a cell with no position left: the target's own result."""
+    if shared == 0:
+        return list(cells)
+    out: list[Cell | None] = []
+    for cell in cells:
+        wanted = range(seq) if cell.positions is None else cell.positions
+        kept = tuple(p for p in wanted if p >= shared)
+        out.append(None if not kept else cell if len(kept) == len(wanted) else Cell(cell.layer, kept, cell.head))
+    return out
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):
@@ -245,31 +277,40 @@ def _plan_passes(groups: dict[int, list[int]], join: list[int], n_layers: int, b
 
 def _restart(model, target_ids, attention_mask, kind, cells, source, metric, positions, max_rows,
              progress, call_cost) -> Tensor:
+    """``cells[i] is None``: the patch changes nothing (:func:`shared_prefix`), cell i is the target's own."""
     adapter = get_adapter(model)
     n_layers, (batch, seq) = adapter.n_layers, target_ids.shape
     runner = Runner(model, target_ids, attention_mask)
     resid = runner.record()  # resid[l] = block l input, resid[n_layers] = final residual
     device = resid[0].device
     target_logits = adapter.logits(resid[n_layers][:, positions])
+    results: list[Tensor | None] = [None] * len(cells)
+    if any(cell is None for cell in cells):
+        unpatched = _apply_metric(metric, target_logits, 1, batch)[0]
+        for i, cell in enumerate(cells):
+            if cell is None:
+                results[i] = unpatched
+    todo = [i for i, cell in enumerate(cells) if cell is not None]
+    if not todo:
+        return torch.stack(results)
     writes = _Writes(kind, source, batch, seq, adapter.n_heads_of(kind))
     # resid_post.l is resid_pre.(l+1): such a cell joins the batch one layer up
     direct = kind in ("resid_pre", "resid_post")
     shift = 1 if kind == "resid_post" else 0
 
     def first_position(cell: Cell) -> int:
-        return 0 if cell.positions is None or kind == "pattern" else min(cell.positions)
+        return 0 if cell.positions is None else min(cell.positions)
 
-    join = [cell.layer + shift for cell in cells]
+    join = [None if cell is None else cell.layer + shift for cell in cells]
     groups: dict[int, list[int]] = {}
-    for i, cell in enumerate(cells):
-        groups.setdefault(first_position(cell), []).append(i)
+    for i in todo:
+        groups.setdefault(first_position(cells[i]), []).append(i)
     chunks = _plan_passes(groups, join, n_layers, batch, max_rows,
                           call_cost if call_cost is not None else default_call_cost(adapter, device))
-    results: list[Tensor | None] = [None] * len(cells)
     last_mlp = _OnlyAt()
     with ExitStack() as stack:
         if not direct:
-            for layer in sorted({cell.layer for cell in cells}):
+            for layer in sorted({cells[i].layer for i in todo}):
                 install_raw(adapter, kind, layer, lambda act, l=layer: writes.apply(l, act), stack)
         last_mlp.install(adapter.module(n_layers - 1, adapter.spec.mlp), stack)
         for q_start, members in _progress(chunks, len(chunks), progress, f"patch {kind}"):

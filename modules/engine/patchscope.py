@@ -20,12 +20,27 @@ class Generation:
     logits: Tensor   # [batch, n_new, vocab]: the logits each new token was chosen from
 
 
+def suppressed_tokens(model, suppress_tokens: Sequence[int] | None = None) -> list[int]:
+    """Token ids greedy decoding never picks: ``suppress_tokens``, or by default the model's own
+    ``generation_config.suppress_tokens`` (what ``model.generate`` skips too)."""
+    if suppress_tokens is None:
+        suppress_tokens = getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or ()
+    return [int(t) for t in suppress_tokens]
+
+
 @torch.no_grad()
 def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
-                    prompt_interventions: Mapping | None = None, prompt_patches: Mapping | None = None) -> Generation:
-    """Greedy decoding with the KV cache; interventions and patches act on the prompt pass only."""
+                    prompt_interventions: Mapping | None = None, prompt_patches: Mapping | None = None,
+                    suppress_tokens: Sequence[int] | None = None) -> Generation:
+    """Greedy decoding with the KV cache; interventions and patches act on the prompt pass only.
+
+    Each new token is the argmax over the tokens the model may generate: the ids of
+    :func:`suppressed_tokens` (by default the model's ``generation_config.suppress_tokens``, as in
+    ``model.generate``; ``()`` for none) are skipped. The returned logits are the raw ones.
+    """
     if max_new_tokens < 1:
         raise EngineError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    suppress = suppressed_tokens(model, suppress_tokens)
     first = intervene(model, prompt_interventions) if prompt_interventions else nullcontext()
     patches = patch(model, prompt_patches) if prompt_patches else nullcontext()
     with first, patches:
@@ -33,7 +48,11 @@ def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_
     tokens, logits = [], []
     for step in range(max_new_tokens):
         step_logits = out.logits[:, -1]
-        token = step_logits.argmax(-1)
+        if suppress:
+            token = step_logits.index_fill(-1, torch.tensor(suppress, device=step_logits.device),
+                                           float("-inf")).argmax(-1)
+        else:
+            token = step_logits.argmax(-1)
         tokens.append(token)
         logits.append(step_logits)
         if step + 1 == max_new_tokens:

@@ -88,13 +88,14 @@ class Runner:
         device = self.adapter.blocks[0].parameters().__next__().device
         self.position_ids = torch.arange(self.seq, device=device)[None]
         self.kv = PrefixKV(self.adapter.n_layers)
-        self._rotary: dict[int, tuple] = {}
+        self._rotary: dict[tuple, tuple] = {}
         self._masks: dict[tuple, Tensor] = {}
 
-    def _position_embeddings(self, hidden: Tensor, q_start: int):
-        if q_start not in self._rotary:
-            self._rotary[q_start] = self.adapter.position_embeddings(hidden, self.position_ids[:, q_start:])
-        return self._rotary[q_start]
+    def _position_embeddings(self, hidden: Tensor, q_start: int, layer: int):
+        key = (q_start, self.adapter.rotary_kind(layer))
+        if key not in self._rotary:
+            self._rotary[key] = self.adapter.position_embeddings(hidden, self.position_ids[:, q_start:], layer)
+        return self._rotary[key]
 
     def _mask(self, layer: int, q_start: int, rows: Tensor | None, hidden: Tensor) -> Tensor | None:
         impl = attention_impl(self.model)
@@ -126,7 +127,7 @@ class Runner:
         kwargs = dict(attention_mask=self._mask(layer, q_start, rows, hidden),
                       position_ids=self.position_ids[:, q_start:], past_key_values=self.kv, use_cache=False)
         if self.adapter.spec.rotary is not None:
-            kwargs["position_embeddings"] = self._position_embeddings(hidden, q_start)
+            kwargs["position_embeddings"] = self._position_embeddings(hidden, q_start, layer)
         try:
             return _first(block(hidden, **kwargs))
         finally:
@@ -139,7 +140,7 @@ class Runner:
         layer, cut = self.adapter.n_layers - 1, start - q_start
         rotary = None
         if self.adapter.spec.rotary is not None:
-            cos, sin = self._position_embeddings(hidden, q_start)
+            cos, sin = self._position_embeddings(hidden, q_start, layer)
             rotary = (cos[:, :cut], sin[:, :cut])
         keys, values = self.adapter.keys_values(layer, hidden[:, :cut], rotary)
         return self.layer(layer, hidden[:, cut:], start, rows, computed=(keys, values, q_start))

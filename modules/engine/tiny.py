@@ -9,10 +9,10 @@ from typing import Sequence
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig,
-                          PreTrainedTokenizerFast, Qwen2Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config, LlamaConfig,
+                          MistralConfig, PreTrainedTokenizerFast, Qwen2Config)
 
-ARCHS = ("gpt2", "llama", "mistral", "qwen2", "gemma2")
+ARCHS = ("gpt2", "llama", "mistral", "qwen2", "gemma2", "gemma3")
 
 
 def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -66,6 +66,14 @@ def tiny_config(arch: str, n_layers: int = 2, d_model: int = 32, n_heads: int = 
                               query_pre_attn_scalar=d_model // n_heads,
                               intermediate_size=2 * d_model, max_position_embeddings=max_positions,
                               sliding_window=sliding_window or max_positions, **common)
+    elif arch == "gemma3":  # sliding and global layers alternate, each with its own rotary base
+        config = Gemma3TextConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                                  num_key_value_heads=kv, head_dim=d_model // n_heads,
+                                  query_pre_attn_scalar=d_model // n_heads, intermediate_size=2 * d_model,
+                                  max_position_embeddings=max_positions,
+                                  sliding_window=sliding_window or max_positions,
+                                  layer_types=["full_attention" if i % 2 else "sliding_attention"
+                                               for i in range(n_layers)], **common)
     else:
         raise ValueError(f"unknown architecture {arch!r}; tiny models exist for {', '.join(ARCHS)}")
     config._attn_implementation = attn_implementation

@@ -246,29 +246,40 @@ def few_shot_prompts(nl_prompts: Sequence[str], pool: pd.DataFrame, k: int = 4, 
 
 def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
                         exclude: Iterable[str] = (), prompt_end: str = "answer",
-                        rule_order: str = "shuffled") -> pd.DataFrame:
+                        rule_order: str = "shuffled", operator: str = "or") -> pd.DataFrame:
     """Query-flip counterfactual pairs: identical rules and facts, the query
     is the LogOp chain's end in one and the linear chain's end in the other.
 
-    Operator OR; exactly one LogOp source and the linear source are true, so
-    the first proof variable is the true LogOp source vs the linear source.
+    ``operator`` "or" (the paper's setting, the default): exactly one LogOp source and the
+    linear source are true, so the first proof variable is the true LogOp source vs the
+    linear source. ``operator`` "and": every source is true (the only case with a LogOp
+    proof), so it is the first-written merge antecedent's source vs the linear source;
+    these pairs come from a stream of their own and their ids read ``flip-and-...``.
     Both NL prompts share the same k solved examples. Neither prompt of a pair
     is in `exclude` (compact prompts, e.g. the training split); compact prompts end as
     ``prompt_end`` says; ``rule_order`` as in ``sample_problem``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    check_params(depth, 0.5, ["or"])
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {list(OPERATORS)}, got {operator!r}")
+    check_params(depth, 0.5, [operator])
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
     check_prompt_end(prompt_end)
     taken = set(exclude)
-    rng, rows = _rng(seed, f"flip-pairs-d{depth}"), []
+    # The OR stream and ids are those of the generator before it had other operators.
+    tag = "" if operator == "or" else f"{operator}-"
+    rng, rows = _rng(seed, f"flip-pairs-{tag}d{depth}"), []
     while len(rows) < n:
-        a_true = rng.random() < 0.5
-        base = sample_problem(rng, depth, 1.0, ["or"], values=(a_true, not a_true, True), rule_order=rule_order)
+        if operator == "or":
+            a_true = rng.random() < 0.5
+            values = (a_true, not a_true, True)
+        else:
+            values = (True, True, True)
+        base = sample_problem(rng, depth, 1.0, [operator], values=values, rule_order=rule_order)
         pair = {chain: replace(base, query_chain=chain) for chain in QUERY_CHAINS}
         texts = {chain: renderings(p, prompt_end) for chain, p in pair.items()}
         if texts["logop"]["prompt"] in taken or texts["linear"]["prompt"] in taken:
@@ -279,7 +290,7 @@ def generate_flip_pairs(seed: int, n: int, depth: int = 3, k: int = 4,
             shot = renderings(sample_problem(rng, depth))
             if shot["prompt"].split(" query ")[0] != rules_facts:
                 shots.append((shot["nl_prompt"], shot["nl_answer"]))
-        row = {"pair_id": f"flip-d{depth}-s{seed}-{len(rows):07d}", "depth": depth}
+        row = {"pair_id": f"flip-{tag}d{depth}-s{seed}-{len(rows):07d}", "depth": depth}
         for chain, t in texts.items():
             row |= {f"prompt_{chain}": t["prompt"], f"answer_{chain}": t["answer"],
                     f"nl_prompt_{chain}": few_shot_prompt(shots, t["nl_prompt"]),
