@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing test benchmark-training benchmark-patching mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing llm-full test benchmark-training benchmark-patching mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -80,6 +80,16 @@ ROUTING_PARAMS := $(BASELINE_PARAMS) -S logic.data.depth=2 -S logic.data.traces.
 routing: SEEDS = [1]
 routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
+	@dvc metrics show
+
+# Study 1's LLM half at full size (docs/logic/llm.md): both packaged models, 150 flip pairs (300
+# prompts) for the study and for every cell of the behaviour grid (0, 2, 4 and 6 shots; OR and AND),
+# fine-tuning as in params.yaml. One DVC experiment, reported in reports/logic_lms_full; hours on 2 CPU cores.
+LLM_FULL_PARAMS := -S 'logic_llm.models=[smollm2-135m,gemma3-270m]' -S logic_llm.prompts.n_pairs=150 \
+  -S 'logic_llm.fewshot.shots=[0,2,4,6]' -S logic_llm.fewshot.pairs=150 -S 'logic_llm.study.sites=[head_out,q,k,v]' \
+  -S logic_llm.report_dir=reports/logic_lms_full
+llm-full: setup
+	dvc exp run -n llm-full $(LLM_FULL_PARAMS)
 	@dvc metrics show
 
 test: setup-dev

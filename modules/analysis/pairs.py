@@ -66,11 +66,12 @@ class PairExamples:
                             self.wrong[index], self.diverge[index], pick(self.group), pick(self.pair_id),
                             {k: v[index] for k, v in self.positions.items()}, dict(self.dropped))
 
-    def batches(self, batch_size: int):
-        """Index lists of same-length examples (no padding anywhere), at most batch_size each."""
+    def batches(self, batch_size: int, among: Sequence[int] | None = None):
+        """Index lists of same-length examples (no padding anywhere), at most batch_size each;
+        ``among``: only these examples."""
         by_length: dict[int, list[int]] = {}
-        for i, ids in enumerate(self.ids):
-            by_length.setdefault(len(ids), []).append(i)
+        for i in range(len(self.ids)) if among is None else among:
+            by_length.setdefault(len(self.ids[i]), []).append(i)
         for length in sorted(by_length):
             members = by_length[length]
             for start in range(0, len(members), batch_size):
@@ -78,6 +79,17 @@ class PairExamples:
 
     def stack(self, index: list[int], flipped: bool = False) -> Tensor:
         return torch.stack([(self.flip_ids if flipped else self.ids)[i] for i in index])
+
+    def twins(self) -> dict[int, int]:
+        """i -> j where example j's clean prompt is example i's corrupted one and their first answer
+        tokens are swapped (the two directions of a flip pair): i's corrupted run is j's clean run."""
+        clean = {ids.numpy().tobytes(): j for j, ids in enumerate(self.ids)}
+        found = {}
+        for i, flip in enumerate(self.flip_ids):
+            j = clean.get(flip.numpy().tobytes())
+            if j is not None and self.correct[j] == self.wrong[i] and self.wrong[j] == self.correct[i]:
+                found[i] = j
+        return found
 
 
 def model_device(model) -> torch.device:
@@ -99,7 +111,8 @@ def first_token_ld(logits: Tensor, correct: Tensor, wrong: Tensor) -> Tensor:
 def behaviour(model, examples: PairExamples, batch_size: int = 8) -> dict[str, Tensor]:
     """Greedy decoding of the clean prompts and the logit differences on both prompts:
     ``first_ok``, ``proof_ok`` (bool [n]: the first / every answer token right), ``ld_clean``,
-    ``ld_flip`` (float [n])."""
+    ``ld_flip`` (float [n]). An example whose corrupted prompt is another's clean one (its twin)
+    takes ``ld_flip`` from the twin's run, -ld_clean[twin], instead of running that prompt again."""
     n, device = len(examples), model_device(model)
     out = {"first_ok": torch.zeros(n, dtype=torch.bool), "proof_ok": torch.zeros(n, dtype=torch.bool),
            "ld_clean": torch.zeros(n), "ld_flip": torch.zeros(n)}
@@ -111,8 +124,12 @@ def behaviour(model, examples: PairExamples, batch_size: int = 8) -> dict[str, T
         out["first_ok"][index] = tokens[:, 0] == correct
         out["proof_ok"][index] = torch.tensor([bool((t[:len(a)] == a).all()) for t, a in zip(tokens, answers)])
         out["ld_clean"][index] = first_token_ld(generation.logits[:, 0], correct, wrong).cpu()
+    twins = examples.twins()
+    for i, j in twins.items():
+        out["ld_flip"][i] = -out["ld_clean"][j]
+    for index in examples.batches(batch_size, among=[i for i in range(n) if i not in twins]):
         flip_logits = model(input_ids=examples.stack(index, flipped=True).to(device)).logits[:, -1]
-        out["ld_flip"][index] = first_token_ld(flip_logits, correct, wrong).cpu()
+        out["ld_flip"][index] = first_token_ld(flip_logits, examples.correct[index], examples.wrong[index]).cpu()
     return out
 
 

@@ -2,7 +2,7 @@
 once (in dvc.yaml). `python -m modules.core.mlproject` rewrites it; a test checks it is current.
 
 Each stage becomes an entry point with the same command; a ``foreach`` stage's ``${item}`` becomes
-the ``seed`` parameter, and any other ``${section.key}`` a parameter defaulting to params.yaml's value.
+the ``seed`` parameter (or ``model``, over model names), and any other ``${section.key}`` a parameter defaulting to params.yaml's value.
 """
 from __future__ import annotations
 
@@ -38,9 +38,12 @@ def entry_points(root: Path = ROOT) -> dict:
             body = stage.get("do", stage)
             command = " ".join(str(body["cmd"]).split())
             parameters: dict = {}
-            if "foreach" in stage:
-                parameters["seed"] = {"type": "int", "default": 0}
-                command = command.replace("${item}", "{seed}")
+            if "foreach" in stage:  # over seeds (an int) or model names (the list's first is the default)
+                items = _lookup(params, stage["foreach"].strip("${} "))
+                name_of = "seed" if all(isinstance(i, int) for i in items) else "model"
+                parameters[name_of] = {"type": "int", "default": 0} if name_of == "seed" else \
+                    {"type": "string", "default": str(items[0])}
+                command = command.replace("${item}", "{" + name_of + "}")
             for dotted in re.findall(r"\$\{([\w.]+)\}", command):
                 key = dotted.replace(".", "_")
                 parameters[key] = {"type": "string", "default": str(_lookup(params, dotted))}

@@ -14,6 +14,9 @@ from typing import Callable
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# transformers' per-tensor "Loading weights" / "Writing model shards" bars would bury a stage's own
+# progress lines and its one-line errors in the logs.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def stage_args(description: str | None, *paths: str, seed: bool = False, **options: dict) -> argparse.Namespace:

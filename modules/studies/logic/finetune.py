@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import Tensor, nn
 
 from modules.analysis.pairs import PairExamples
+from modules.engine.probes import quiet_lightning
 from modules.core.io import atomic_dir, write_json
 from modules.core.params import load, param
 from modules.studies.logic import STUDY
@@ -369,8 +370,9 @@ class Curve(Callback):
     trainable weights of the best validation (first-token accuracy, then proof exact match, then
     lower loss) for :meth:`restore_best`; stops at ``target`` first-token accuracy."""
 
-    def __init__(self, target: float):
+    def __init__(self, target: float, progress: Callable[[str], None] = lambda message: None):
         self.target, self.start, self.cpu_start = target, time.perf_counter(), time.process_time()
+        self.progress = progress
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.best_state: dict[str, Tensor] | None = None
@@ -390,6 +392,9 @@ class Curve(Callback):
                  **{k: float(metrics[k]) for k in ("val_first_token", "val_proof", "val_loss")},
                  "train_loss": float(loss) if loss is not None and trainer.global_step else float("nan")}
         self.history.append(point)
+        if fitting:
+            self.progress(f"step {point['step']}: val first token {point['val_first_token']:.3f}, proof "
+                          f"{point['val_proof']:.3f}, train loss {point['train_loss']:.4f} ({point['elapsed_s']:.0f} s)")
         for logger in trainer.loggers:  # at the optimizer step itself, with the wall time
             logger.log_metrics({f"curve.{k}": v for k, v in point.items()
                                 if k != "step" and v == v and (fitting or not k.endswith("_s"))}, step=point["step"])
@@ -495,25 +500,26 @@ def finetune(model_dir: str | os.PathLike, train_pairs: pd.DataFrame, val_pairs:
     pad = pad_id(tokenizer)
     train_loader = _loader(train, PairBatches(train.pair_id, config.batch_size, config.max_steps, config.seed), pad)
     val_loader = _loader(val, _ordered_batches(len(val), config.val_batch_size), pad)
-    curve = Curve(config.target_accuracy)
+    curve = Curve(config.target_accuracy, progress)
     stopper = EarlyStopping(monitor="val_first_token", mode="max", patience=config.patience,
                             check_on_train_epoch_end=False)
-    trainer = pl.Trainer(accelerator=config.accelerator, devices=1, precision=config.precision,
-                         max_steps=config.max_steps, max_time=timedelta(minutes=config.max_minutes),
-                         val_check_interval=min(config.val_every, config.max_steps), check_val_every_n_epoch=None,
-                         gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False,
-                         callbacks=[curve, stopper], enable_checkpointing=False, num_sanity_val_steps=0,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                         use_distributed_sampler=False)
-    trainer.validate(module, val_loader, verbose=False)  # the base model's scores, at step 0
-    progress(f"step 0: val first token {curve.history[-1]['val_first_token']:.3f}")
-    module.train()  # from_pretrained and validate leave it in eval mode, which fit keeps
-    start, cpu_start = time.perf_counter(), time.process_time()
-    trainer.fit(module, train_loader, val_loader)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    if curve.history[-1]["step"] != trainer.global_step:  # stopped between validations: score the end too
-        trainer.validate(module, val_loader, verbose=False)
-        curve.history[-1] |= {"elapsed_s": wall, "cpu_s": cpu}
+    with quiet_lightning():
+        trainer = pl.Trainer(accelerator=config.accelerator, devices=1, precision=config.precision,
+                             max_steps=config.max_steps, max_time=timedelta(minutes=config.max_minutes),
+                             val_check_interval=min(config.val_every, config.max_steps), check_val_every_n_epoch=None,
+                             gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False,
+                             callbacks=[curve, stopper], enable_checkpointing=False, num_sanity_val_steps=0,
+                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                             use_distributed_sampler=False)
+        trainer.validate(module, val_loader, verbose=False)  # the base model's scores, at step 0
+        progress(f"step 0: val first token {curve.history[-1]['val_first_token']:.3f}")
+        module.train()  # from_pretrained and validate leave it in eval mode, which fit keeps
+        start, cpu_start = time.perf_counter(), time.process_time()
+        trainer.fit(module, train_loader, val_loader)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        if curve.history[-1]["step"] != trainer.global_step:  # stopped between validations: score the end too
+            trainer.validate(module, val_loader, verbose=False)
+            curve.history[-1] |= {"elapsed_s": wall, "cpu_s": cpu}
     curve.restore_best(module)
     if curve.reached_target:
         stopped_by = "target"

@@ -1,4 +1,4 @@
-"""The schemas of study 1's params.yaml sections (``logic.*`` and ``logic_llm``), checked by
+"""The schemas of study 1's params.yaml sections (``logic.*``, ``logic_llm`` and ``logic_llm_gpu``), checked by
 :func:`modules.core.params.load`. The training, circuit and LLM-study sections are the configs of
 the code that uses them (TrainConfig, CircuitConfig, StudyConfig)."""
 from __future__ import annotations
@@ -101,13 +101,40 @@ class TuneParams(Section):
 
 
 @dataclass(frozen=True)
-class LLMParams(Section):
-    model: str = param()
-    dtype: str = param(choices=("float32", "bfloat16", "float16"))
-    device_map: str | None = param()
-    trust_remote_code: bool = param(choices=(False,))  # remote code never runs here
+class LLMGPUParams(Section):
+    """``logic_llm_gpu``: the study on one 7B model as it is, few-shot (pipelines/llm/dvc.yaml)."""
+    model: str = param()   # a name in params.yaml lms
     prompts: PairsParams = param()
     study: dict = param()  # StudyConfig's, checked by the study
+
+
+@dataclass(frozen=True)
+class FinetuneParams(Section):
+    data: dict = param()   # FinetuneData's, checked by the fine-tuning code
+    train: dict = param()  # FinetuneConfig's
+    models: dict = param()  # model name -> its own changes to train
+
+    def train_for(self, name: str) -> dict:
+        """``train`` with ``name``'s own changes."""
+        own = self.models.get(name) or {}
+        if not isinstance(own, dict):
+            raise ParamsError(f"params.yaml logic_llm.finetune.models.{name} must be a mapping of train keys")
+        return {**self.train, **own}
+
+
+@dataclass(frozen=True)
+class LLMParams(Section):
+    """``logic_llm``: the study on real pretrained LMs in the main job (CPU)."""
+    models: tuple[str, ...] = param()  # names in params.yaml lms
+    prompts: PairsParams = param()
+    fewshot: dict = param()   # FewShotConfig's
+    finetune: FinetuneParams = param()
+    study: dict = param()     # StudyConfig's
+    report_dir: str = param()
+
+    def __post_init__(self):
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be a non-empty list of distinct names, got {list(self.models)}")
 
 
 SECTIONS = {"data": DataParams, "benchmark": BenchmarkParams, "validation": ValidationSection,
@@ -128,8 +155,14 @@ def logic_seeds() -> list[int]:
     return seeds
 
 
-def llm_params() -> LLMParams:
-    return load(LLMParams, section("logic_llm"), "logic_llm")
+LLM_SECTIONS = {"logic_llm": LLMParams, "logic_llm_gpu": LLMGPUParams}
+
+
+def llm_params(name: str = "logic_llm") -> LLMParams | LLMGPUParams:
+    """``logic_llm`` (the main job's real LMs) or ``logic_llm_gpu`` (a 7B model), checked."""
+    if name not in LLM_SECTIONS:
+        raise ParamsError(f"unknown LLM section {name!r}; one of {', '.join(LLM_SECTIONS)}")
+    return load(LLM_SECTIONS[name], section(name), name)
 
 
 def check_seed(seed: int) -> int:

@@ -19,8 +19,7 @@ from modules.studies.logic.data import (end_compact_prompt, generate_splits, gen
                                         read_training_rows, splits_from_params, training_files, write_splits,
                                         write_traces)
 from modules.studies.logic.data.dataset import generate_flip_pairs
-from modules.studies.logic.params import (ActivationParams, BenchmarkParams, DataParams, LLMParams, PairsParams,
-                                          TuneParams)
+from modules.studies.logic.params import ActivationParams, BenchmarkParams, DataParams, PairsParams, TuneParams
 from modules.studies.logic.validation import validate_flip_pairs, validate_logic_splits
 from modules.validation import raise_on_failure
 
@@ -273,36 +272,4 @@ def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Pa
         for seed in summaries:
             shutil.copytree(analysis / f"seed{seed}" / "figures", tmp / "figures" / f"seed{seed}")
         (tmp / "README.md").write_text(render_report(summaries, evaluation, data=data.as_dict()))
-    return out / "README.md"
-
-
-# ---------------------------------------------------------------- the LLM half
-
-def llm_study(config: LLMParams, prompts: Path, out: Path, metrics: Path):
-    """The LLM study on query-flip prompts: accuracy, head patching, families, necessity and sufficiency."""
-    from modules.engine import load_model
-    from modules.studies.logic.llm import StudyConfig, log_study, run_study, study_metrics, write_study
-
-    study = StudyConfig.from_mapping(config.study, complete=True)
-    pairs = pd.read_parquet(_need(prompts, "prompts", "logic_llm_prompts"))
-    model, tokenizer = load_model(config.model, dtype=config.dtype, device_map=config.device_map,
-                                  trust_remote_code=config.trust_remote_code)
-    with tracked_run(STUDY, "llm-study", {"model": config.model, "dtype": config.dtype,
-                                          "device_map": config.device_map, **config.study},
-                     data_paths=[prompts]) as mlflow_run:
-        result = run_study(model, tokenizer, pairs, study, progress=lambda message: print(message, flush=True))
-        with atomic_dir(out) as tmp:
-            write_study(result, tmp, config.model, mlflow_run.info.run_id)
-        write_json(study_metrics(result.summary), metrics)
-        log_study(result, config.model, data_hash([prompts]), out / "figures")
-    return result
-
-
-def llm_report(study: Path, out: Path) -> Path:
-    from modules.studies.logic.llm_report import render_report
-
-    summary = json.loads(_need(study / "summary.json", "study results", "logic_llm_study").read_text())
-    with atomic_dir(out) as tmp:
-        shutil.copytree(study / "figures", tmp / "figures")
-        (tmp / "README.md").write_text(render_report(summary))
     return out / "README.md"

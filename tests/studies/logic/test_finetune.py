@@ -215,55 +215,15 @@ def test_incomplete_params_and_bad_data_settings_are_one_line_errors():
         FinetuneData.from_mapping({"operators": [1]})
 
 
-PROPOSED = """
-logic_llm:
-  fewshot:
-    shots: [0, 2, 4, 6]
-    operators: [or, and]
-    depth: 2
-    pairs: 150
-    seed: 0
-    batch_size: 8
-  finetune:
-    data:
-      seed: 1
-      val_seed: 2
-      train_pairs: 1000
-      val_pairs: 16
-      shots: 0
-      depth: 2
-      operators: [or, and]
-    train:
-      method: lora
-      lora_rank: 16
-      lora_alpha: 32.0
-      lora_targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
-      train_embeddings: false
-      lr: 1.0e-3
-      weight_decay: 0.0
-      warmup_steps: 10
-      batch_size: 8
-      max_steps: 150
-      max_minutes: 60
-      val_every: 15
-      val_batch_size: 32
-      patience: 4
-      target_accuracy: 1.0
-      first_token_weight: 2.0
-      grad_clip: 1.0
-      precision: bf16-mixed
-      seed: 0
-"""
-
-
-def test_the_proposed_params_section_loads_complete():
-    import yaml
-
+def test_the_params_sections_load_complete():
     from modules.studies.logic.fewshot import FewShotConfig
+    from modules.studies.logic.params import llm_params
 
-    section = yaml.safe_load(PROPOSED)["logic_llm"]
-    grid = FewShotConfig.from_mapping(section["fewshot"], complete=True)
-    data = FinetuneData.from_mapping(section["finetune"]["data"], complete=True)
-    train = FinetuneConfig.from_mapping(section["finetune"]["train"], complete=True)
+    section = llm_params()
+    grid = FewShotConfig.from_mapping(section.fewshot, complete=True)
+    data = FinetuneData.from_mapping(section.finetune.data, complete=True)
+    train = FinetuneConfig.from_mapping(section.finetune.train_for("smollm2-135m"), complete=True)
     assert grid.operators == ("or", "and") and data.operators == ("or", "and") and train.lora_targets == TARGETS
-    assert train.precision == "bf16-mixed" and train.lr == 1e-3
+    assert train.precision == "bf16-mixed" and train.lr == 1e-3 and train.method == "lora"
+    gemma = FinetuneConfig.from_mapping(section.finetune.train_for("gemma3-270m"), complete=True)
+    assert gemma.method == "full" and gemma.lr == 5e-5 and gemma.batch_size == train.batch_size

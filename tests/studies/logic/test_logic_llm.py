@@ -54,6 +54,18 @@ def test_logit_difference_sign_convention(setup):
     assert (result["ld_clean"] != result["ld_flip"]).all()
 
 
+def test_flipped_logit_difference_from_the_twin_equals_its_own_pass(setup):
+    """ld_flip comes from the other direction's clean run where that example is there, and from a
+    pass of its own where it is not (a subset with one direction of a pair)."""
+    _, _, examples, model = setup
+    twins = examples.twins()
+    assert twins[0] == 1 and twins[1] == 0 and len(twins) == len(examples)
+    both = behaviour(model, examples)["ld_flip"]
+    alone = behaviour(model, examples.subset(range(0, len(examples), 2)))["ld_flip"]
+    assert examples.subset(range(0, len(examples), 2)).twins() == {}
+    assert torch.allclose(alone, both[::2], atol=1e-4)
+
+
 def test_patching_finds_the_planted_head_through_its_values(setup):
     _, _, examples, model = setup
     result = behaviour(model, examples)
