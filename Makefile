@@ -38,6 +38,7 @@ pipeline: setup
 	@dvc metrics show 2>/dev/null  # quiet about the GPU pipeline's metrics, absent until it runs
 	@echo
 	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
+	@echo "Real LMs: artifacts/models/ (imported), artifacts/logic_llm/ (behaviour, fine-tuned model, studies), reports/logic_lms/README.md"
 	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000"
 
 # The default recipe (params.yaml; docs/logic/notebook.md) writes each chain's rules in proof

