@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing llm-full test benchmark-training benchmark-patching mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing llm-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -101,6 +101,11 @@ benchmark-training: setup
 
 benchmark-patching: setup-dev
 	$(PY) -m benchmarks.bench_patching --threads 1
+
+# The same sweeps on the real SmolLM2-135M weights (imported by the main job's import_lm stage).
+benchmark-real-lm: setup-dev
+	dvc repro import_lm@smollm2-135m
+	$(PY) -m benchmarks.bench_real_lm --threads 1
 
 # MLproject is generated from the DVC pipelines (tests/core/test_mlproject.py checks it is current).
 mlproject: setup
