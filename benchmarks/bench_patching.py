@@ -317,13 +317,19 @@ def main(argv=None) -> int:
                for name in shapes]
     blocks = {res["shape"]: shape_markdown(res, meta) for res in results}
     print("\n" + "\n".join(blocks.values()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-        os.replace(tmp, args.out)
     if args.write_docs:
         write_docs(blocks, args.docs)
+    return finish(args.out, meta, results, tolerance)
+
+
+def finish(out: Path | None, meta: dict, results: list[dict], tolerance: float) -> int:
+    """Write the results as JSON to ``out`` (when given, atomically); the exit status: 1 when two
+    tools disagree beyond ``tolerance`` anywhere."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        os.replace(tmp, out)
     agree = all(entry["agree"] for res in results for entry in res["sweeps"].values())
     if not agree:
         print(f"error: tools disagree by more than {tolerance}", file=sys.stderr)

@@ -19,7 +19,6 @@ Run: ``python -m benchmarks.bench_real_lm`` (after the model is imported); ``--o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -176,15 +175,7 @@ def main(argv=None) -> int:
         results.append(run(args.model_dir, sweeps, tools, args.batch, kind, args.repeats, anchor_repeats,
                            args.tolerance))
     print("\n" + "\n".join(markdown(r, meta) for r in results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-        os.replace(tmp, args.out)
-    agree = all(entry["agree"] for r in results for entry in r["sweeps"].values())
-    if not agree:
-        print(f"error: tools disagree by more than {args.tolerance}", file=sys.stderr)
-    return 0 if agree else 1
+    return bp.finish(args.out, meta, results, args.tolerance)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Callable, Mapping
 
+from modules.core.io import replace_dir
 from modules.lms.registry import (MANIFEST, MANIFEST_FORMAT, ChecksumError, DownloadError, LMError, model_dir,
                                   one_line, read_manifest, resolve_model, sha256_file, source_fingerprint,
                                   validate_spec)
@@ -548,13 +549,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     os.umask(umask)
     for path in [new, *new.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(new, target)
 
 
 def ensure_model(name: str, registry: Mapping[str, Mapping], artifacts_root: str | os.PathLike,

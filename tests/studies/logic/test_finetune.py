@@ -162,14 +162,16 @@ def test_finetuning_lowers_the_loss_and_saves_the_best_model(saved, pairs, tmp_p
 def test_stopping_at_the_target_and_on_patience_tracked_in_mlflow(saved, pairs, tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     train, val = pairs
-    statuses = []  # the run's status while it trains, after Lightning's validate and fit calls
+    statuses, messages = [], []  # the run's status while it trains, after Lightning's validate and fit calls
 
     def progress(message):
+        messages.append(message)
         statuses.append(mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id).info.status)
 
     at_target = finetune(saved, train, val, FinetuneConfig(target_accuracy=0.0, max_steps=50, val_every=2),
                          tmp_path / "a", track="llm-finetune-test", params={"data": {"shots": 0}}, progress=progress)
-    assert statuses == ["RUNNING"] * 3
+    assert statuses == ["RUNNING"] * 4  # set-up, step 0, the validation at step 2, the end
+    assert messages[2].startswith("step 2: val first token ")
     assert at_target["stopped_by"] == "target" and at_target["steps"] == 2
     frozen = finetune(saved, train, val, FinetuneConfig(lr=1e-8, warmup_steps=0, max_steps=50, val_every=2,
                                                         patience=2, method="full"), tmp_path / "b")
