@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing llm-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -81,6 +81,12 @@ ROUTING_PARAMS := $(BASELINE_PARAMS) -S logic.data.depth=2 -S logic.data.traces.
 routing: SEEDS = [1]
 routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
+	@dvc metrics show
+
+# Study 1's LLM half at the main job's size on both packaged models: the DVC experiment lms-cpu-both,
+# reported in reports/logic_lms_both (about 12 minutes on 2 CPU cores once SmolLM2's stages are cached).
+lms-both: setup
+	dvc exp run -n lms-cpu-both -S 'logic_llm.models=[smollm2-135m,gemma3-270m]' -S logic_llm.report_dir=reports/logic_lms_both
 	@dvc metrics show
 
 # Study 1's LLM half at full size (docs/logic/llm.md): both packaged models, 150 flip pairs (300
