@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import Tensor, nn
 
 from modules.analysis.pairs import PairExamples
+from modules.engine.patchscope import suppressed_tokens  # the ids generate() never picks: scored the same way
 from modules.engine.probes import quiet_lightning
 from modules.core.io import atomic_dir, write_json
 from modules.core.params import load, param
@@ -271,13 +272,6 @@ class PairBatches(torch.utils.data.Sampler):
                     made, batch = made + 1, batch[self.batch_size:]
                     if made == self.n_batches:
                         return
-
-
-def suppressed_tokens(model) -> list[int]:
-    """The token ids ``model.generate`` never picks (``generation_config.suppress_tokens``; Gemma-3
-    lists its image tokens there): validation scores the argmax over the others, as greedy
-    decoding does."""
-    return [int(t) for t in getattr(getattr(model, "generation_config", None), "suppress_tokens", None) or ()]
 
 
 def pad_id(tokenizer) -> int:
