@@ -89,14 +89,16 @@ lms-both: setup
 	dvc exp run -n lms-cpu-both -S 'logic_llm.models=[smollm2-135m,gemma3-270m]' -S logic_llm.report_dir=reports/logic_lms_both
 	@dvc metrics show
 
-# Study 1's LLM half at full size (docs/logic/llm.md): both packaged models, 150 flip pairs (300
-# prompts) for the study and for every cell of the behaviour grid (0, 2, 4 and 6 shots; OR and AND),
-# fine-tuning as in params.yaml. One DVC experiment, reported in reports/logic_lms_full; hours on 2 CPU cores.
-LLM_FULL_PARAMS := -S 'logic_llm.models=[smollm2-135m,gemma3-270m]' -S logic_llm.prompts.n_pairs=150 \
+# Study 1's LLM half at full size (docs/logic/llm.md): 150 flip pairs (300 prompts) for accuracy and
+# for every cell of the behaviour grid (0, 2, 4 and 6 shots; OR and AND); head-output, query, key and
+# value patching on the first 25 pairs (50 prompts); fine-tuning as in params.yaml. One DVC experiment
+# per model list, reported in reports/logic_lms_full; hours on 2 CPU cores.
+LLM_MODELS ?= [smollm2-135m,gemma3-270m]
+LLM_FULL_PARAMS := -S 'logic_llm.models=$(LLM_MODELS)' -S logic_llm.prompts.n_pairs=150 \
   -S 'logic_llm.fewshot.shots=[0,2,4,6]' -S logic_llm.fewshot.pairs=150 -S 'logic_llm.study.sites=[head_out,q,k,v]' \
-  -S logic_llm.report_dir=reports/logic_lms_full
+  -S logic_llm.study.max_pairs=25 -S logic_llm.report_dir=reports/logic_lms_full
 llm-full: setup
-	dvc exp run -n llm-full $(LLM_FULL_PARAMS)
+	dvc exp run -n llm-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(LLM_MODELS)))) $(LLM_FULL_PARAMS)
 	@dvc metrics show
 
 test: setup-dev

@@ -241,6 +241,7 @@ def classify_heads(stats: Mapping[str, Tensor], circuit: Sequence[tuple[int, int
 class StudyConfig:
     batch_size: int = param(8, range=(1, 1 << 16))
     examples: str = param("solved", choices=("solved", "all"))  # solved: pairs answered right both ways
+    max_pairs: int = param(0, range=(0, 10**7))  # patch at most this many of them (0: all); accuracy uses every pair
     sites: tuple[str, ...] = param(HEAD_SITES, choices=HEAD_SITES)
     min_effect: float = param(0.05, range=(0.0, 1.0))  # a head joins the circuit at this head_out patching effect
     max_heads: int = param(12, range=(1, 10**4))
@@ -279,14 +280,18 @@ def run_study(model, tokenizer, pairs: pd.DataFrame, config: StudyConfig = Study
     summary: dict = {"n_pairs": len(pairs), "n_examples": len(examples), "dropped": examples.dropped,
                      "accuracy": accuracy_summary(result, examples), "examples": config.examples,
                      "n_layers": adapter.n_layers, "n_heads": adapter.n_heads}
+    keep = list(range(len(examples)))
     if config.examples == "solved":
-        solved_pairs = {p for p in examples.pair_id} - {
-            p for p, ok in zip(examples.pair_id, result["first_ok"].tolist()) if not ok}
-        keep = [i for i, p in enumerate(examples.pair_id) if p in solved_pairs]
+        unsolved = {p for p, ok in zip(examples.pair_id, result["first_ok"].tolist()) if not ok}
+        keep = [i for i in keep if examples.pair_id[i] not in unsolved]
         if not keep:
             raise StudyError("the model solves no pair in both directions (first-token accuracy "
                              f"{summary['accuracy']['all']['first_token']['mean']:.3f}); set "
                              "logic_llm.study.examples to 'all' to analyse every pair")
+    if config.max_pairs:
+        first = set(list(dict.fromkeys(examples.pair_id[i] for i in keep))[:config.max_pairs])
+        keep = [i for i in keep if examples.pair_id[i] in first]
+    if len(keep) < len(examples):
         examples = examples.subset(keep)
         result = {k: v[keep] for k, v in result.items()}
     n = len(examples)

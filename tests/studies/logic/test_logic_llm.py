@@ -108,6 +108,14 @@ def test_study_names_the_planted_head_a_mover_and_it_is_necessary_and_sufficient
     assert len(result.head_table) == 8 and set(result.head_table.family) == {"", "mover"}
 
 
+def test_max_pairs_patches_the_first_pairs_whole_and_measures_accuracy_on_all(setup):
+    tokenizer, pairs, _, model = setup
+    config = StudyConfig(examples="all", max_pairs=2, sites=("head_out",), n_boot=50, random_controls=0)
+    summary = run_study(model, tokenizer, pairs, config).summary
+    assert summary["n_analysed"] == 4 < summary["n_examples"]
+    assert summary["accuracy"]["all"]["n"] == summary["n_examples"]
+
+
 def test_unsolved_pairs_give_a_one_line_error(setup):
     tokenizer, pairs, _, model = setup
     with pytest.raises(StudyError, match="solves no pair in both directions.*examples to 'all'"):
