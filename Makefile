@@ -98,7 +98,7 @@ LLM_FULL_PARAMS := -S 'logic_llm.models=$(LLM_MODELS)' -S logic_llm.prompts.n_pa
   -S 'logic_llm.fewshot.shots=[0,2,4,6]' -S logic_llm.fewshot.pairs=150 -S 'logic_llm.study.sites=[head_out,q,k,v]' \
   -S logic_llm.study.max_pairs=25 -S logic_llm.report_dir=reports/logic_lms_full
 llm-full: setup
-	dvc exp run --temp -n llm-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(LLM_MODELS)))) $(LLM_FULL_PARAMS)
+	dvc exp run --temp -n llm-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(LLM_MODELS)))) $(LLM_FULL_PARAMS) report_logic_llm
 	@dvc metrics show
 
 test: setup-dev
