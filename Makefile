@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -28,6 +28,7 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 # remote it is rebuilt from its seed and must match data.dvc's hash byte for byte.
 data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 	dvc pull -q data.dvc 2>/dev/null || { python -m pipelines.logic.freeze_benchmark >/dev/null && \
+	  python -m pipelines.ontology.freeze_vocabulary >/dev/null && \
 	  dvc commit -q -f data.dvc && git diff --quiet -- data.dvc || { git checkout -- data.dvc; \
 	  echo "error: data/ rebuilt from its seed does not match data.dvc (generator drift)" >&2; exit 1; }; }
 	touch $@
@@ -100,6 +101,13 @@ LLM_FULL_PARAMS := -S 'logic_llm.models=$(LLM_MODELS)' -S logic_llm.prompts.n_pa
 llm-full: setup
 	dvc exp run --temp -n llm-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(LLM_MODELS)))) $(LLM_FULL_PARAMS) report_logic_llm
 	@dvc metrics show
+
+# Study 2 (Dutta et al. 2024; docs/ontology/study.md) on params.yaml ontology.models at the CPU size:
+# behaviour on 100 items, head analyses per subtask, reports/ontology. Runs the main pipeline's
+# data, checks and model import first when they are not current.
+ontology: setup
+	dvc repro pipelines/ontology/dvc.yaml
+	@dvc metrics show 2>/dev/null
 
 test: setup-dev
 	$(PY) -m pytest -q tests

@@ -11,8 +11,11 @@ _EXPORTS = {
     "interventions": ("ablate", "knockout", "steer"),
     "patching": ("Cell", "patch_attn_out_sweep", "patch_cells", "patch_head_by_pos_sweep", "patch_head_sweep",
                  "patch_mlp_out_sweep", "patch_resid_sweep", "patch_sweep", "sweep_grid"),
-    "lens": ("logit_lens",),
-    "patchscope": ("Generation", "backpatch", "generate_greedy", "patchscope"),
+    "lens": ("HeadLens", "head_lens", "logit_lens"),
+    "flow": ("ContextShare", "CopyScores", "FlowNode", "context_share_by_layer", "copy_scores", "rift_layer",
+             "trace_flow"),
+    "metrics": ("KLRecovery", "kl_recovery", "kl_recovery_from_kl"),
+    "patchscope": ("Generation", "SharedPrefix", "backpatch", "generate_greedy", "patchscope"),
     "attribution": ("TopK", "attribution_patch", "confirm_top_k"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -187,17 +187,25 @@ class Adapter:
             keys = rotate(keys, keys, cos, sin)[1]
         return keys, values
 
-    def logits(self, resid_final: torch.Tensor) -> torch.Tensor:
-        """Final norm and unembedding of the last block's output (with Gemma's final soft-cap)."""
-        hidden = self.final_norm(resid_final.to(self.final_norm.weight.device))
-        logits = self.unembed(hidden.to(self.unembed.weight.device))
+    def logits(self, resid_final: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm and unembedding of the last block's output (with Gemma's final soft-cap).
+
+        ``tokens`` (ids ``[k]``) computes only those vocabulary columns, ``[..., k]``: a lens that
+        reads a few tokens off many vectors need not build full-vocabulary logits each time."""
+        hidden = self.final_norm(resid_final.to(self.final_norm.weight.device)).to(self.unembed.weight.device)
+        if tokens is None:
+            logits = self.unembed(hidden)
+        else:
+            tokens = torch.as_tensor(tokens, device=hidden.device).long()
+            logits = hidden @ self.unembed.weight[tokens].t()
+            if self.unembed.bias is not None:
+                logits = logits + self.unembed.bias[tokens]
         cap = getattr(self.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def linear_final_norm(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """The final norm as a linear map, its scale frozen at ``reference`` (no bias): the
-        direct-logit-attribution view, under which components add up to the normalised residual."""
-        norm = self.final_norm
+    def linear_norm(self, norm: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``norm`` (LayerNorm or RMSNorm) as a linear map, its scale frozen at ``reference`` (no
+        bias), in float32: vectors that add up to ``reference`` then add up to its normalised value."""
         eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
         x, reference = x.float(), reference.float()
         if isinstance(norm, nn.LayerNorm):
@@ -207,17 +215,47 @@ class Adapter:
             scale = torch.rsqrt(reference.pow(2).mean(-1, keepdim=True) + eps)
         return x * scale * (norm.weight.float() + self.spec.norm_offset)
 
-    def head_results(self, layer: int, head_out: torch.Tensor) -> torch.Tensor:
-        """Per-head contributions in model space [..., n_heads, d_model], without the bias."""
-        if not self.spec.heads_are_linear:
-            raise EngineError(f"{self.arch} normalises the attention output after the projection, "
-                              "so per-head outputs do not add up in the residual stream")
+    def linear_final_norm(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The final norm as a linear map, its scale frozen at ``reference`` (no bias): the
+        direct-logit-attribution view, under which components add up to the normalised residual."""
+        return self.linear_norm(self.final_norm, x, reference)
+
+    def _project_heads(self, layer: int, head_out: torch.Tensor) -> torch.Tensor:
+        """Each head's slice of the output projection applied to its output: [..., n_heads, d_model]."""
         o_proj = self.module(layer, self.spec.o_proj)
         weight = o_proj.weight  # nn.Linear: [d_model, H*dh]; GPT-2 Conv1D: [H*dh, d_model]
         if isinstance(o_proj, nn.Linear):
             weight = weight.t()
         weight = weight.reshape(self.n_heads, self.head_dim, -1)
         return torch.einsum("...hd,hdm->...hm", head_out.to(weight.dtype), weight)
+
+    def head_results(self, layer: int, head_out: torch.Tensor) -> torch.Tensor:
+        """Per-head contributions in model space [..., n_heads, d_model], without the bias."""
+        if not self.spec.heads_are_linear:
+            raise EngineError(f"{self.arch} normalises the attention output after the projection, "
+                              "so per-head outputs do not add up in the residual stream")
+        return self._project_heads(layer, head_out)
+
+    def head_contributions(self, layer: int, head_out: torch.Tensor) -> torch.Tensor:
+        """What each head alone adds to the residual stream, ``[..., n_heads, d_model]`` from
+        ``head_out`` ``[..., n_heads, head_dim]``: its projected output plus the output projection's
+        bias (so that a model with one head gets exactly the attention output).
+
+        Where the attention output is normalised after the projection (Gemma-2/3), a head's output
+        alone is not what reaches the residual. Its contribution is then the post-attention norm
+        applied to (head's projected output + bias) with the norm's scale frozen at the whole
+        projected attention output: linear in each head, exact for one head, and the heads' parts
+        add up to the real attention output less (n_heads - 1) biases (the same linearisation as
+        :meth:`linear_final_norm`)."""
+        parts = self._project_heads(layer, head_out)
+        bias = self.o_proj_bias(layer)
+        if bias is not None:
+            parts = parts + bias.to(parts.dtype)
+        if self.spec.heads_are_linear:
+            return parts
+        whole = parts.sum(-2) - (self.n_heads - 1) * bias.to(parts.dtype) if bias is not None else parts.sum(-2)
+        norm = self.module(layer, self.spec.attn_out)  # the post-attention norm
+        return self.linear_norm(norm, parts, whole.unsqueeze(-2)).to(parts.dtype)
 
     def o_proj_bias(self, layer: int) -> torch.Tensor | None:
         return self.module(layer, self.spec.o_proj).bias

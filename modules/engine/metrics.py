@@ -98,6 +98,57 @@ def normalized_effect(patched: Tensor, clean: Tensor, corrupt: Tensor, on_degene
     return torch.where(degenerate, torch.full_like(effect, float("nan")), effect)
 
 
+class KLRecovery(NamedTuple):
+    """Normalised KL recovery of a patch (see :func:`kl_recovery`); ``...`` are the cell dims."""
+    score: Tensor        # [...]: (mean_n KL(P||Q) - mean_n KL(P||R)) / mean_n KL(P||Q)
+    per_example: Tensor  # [..., n]: (KL(P||Q) - KL(P||R)) / KL(P||Q)
+    kl_corrupt: Tensor   # [n]: KL(P||Q), clean to corrupted
+    kl_patched: Tensor   # [..., n]: KL(P||R), clean to patched
+
+    def ci(self, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> MeanCI:
+        """Bootstrap CI of ``score`` per cell: examples resampled jointly, the ratio of means
+        recomputed on each resample (:func:`ratio_of_means_ci`)."""
+        recovered = (self.kl_corrupt - self.kl_patched).movedim(-1, 0)  # [n, ...]
+        return ratio_of_means_ci(recovered, self.kl_corrupt.reshape(-1, *[1] * (recovered.ndim - 1))
+                                 .expand_as(recovered), n_boot, alpha, seed)
+
+
+def kl_recovery(clean_logits: Tensor, corrupt_logits: Tensor, patched_logits: Tensor,
+                on_degenerate: str = "raise", atol: float = 1e-6) -> KLRecovery:
+    """How much of the clean next-token distribution a patch restores, in KL (Dutta et al. 2024).
+
+    With P, Q, R the softmaxes of the clean, corrupted and patched logits at one position,
+    ``score = (mean_n KL(P||Q) - mean_n KL(P||R)) / mean_n KL(P||Q)``: 1 = full recovery, 0 = none,
+    below 0 = further from clean than the corrupted run. The KLs are averaged over examples before
+    normalising, so examples whose corruption barely moved P do not dominate. ``clean_logits`` and
+    ``corrupt_logits`` are ``[n, vocab]``; ``patched_logits`` is ``[..., n, vocab]`` with any leading
+    cell dims (a sweep's ``[layers, heads, n, vocab]``). Where KL(P||Q) <= ``atol`` (the corruption
+    changed nothing) a ratio is undefined: ``on_degenerate`` as in :func:`normalized_effect`.
+    """
+    if clean_logits.ndim != 2 or corrupt_logits.shape != clean_logits.shape:
+        raise ValueError(f"clean and corrupt logits must both be [n, vocab], got {tuple(clean_logits.shape)} "
+                         f"and {tuple(corrupt_logits.shape)}")
+    if patched_logits.shape[-2:] != clean_logits.shape:
+        raise ValueError(f"patched logits must be [..., n, vocab] = [..., {', '.join(map(str, clean_logits.shape))}], "
+                         f"got {tuple(patched_logits.shape)}")
+    return kl_recovery_from_kl(kl_to_clean(corrupt_logits.double(), clean_logits),
+                               kl_to_clean(patched_logits.double(), clean_logits), on_degenerate, atol)
+
+
+def kl_recovery_from_kl(kl_corrupt: Tensor, kl_patched: Tensor, on_degenerate: str = "raise",
+                        atol: float = 1e-6) -> KLRecovery:
+    """:func:`kl_recovery` from KL(P||Q) ``[n]`` and KL(P||R) ``[..., n]``, for sweeps that reduce
+    each cell's logits to its KL as they go (a vocabulary per cell and example does not fit)."""
+    if kl_patched.shape[-1:] != kl_corrupt.shape or kl_corrupt.ndim != 1:
+        raise ValueError(f"kl_corrupt must be [n] and kl_patched [..., n], got {tuple(kl_corrupt.shape)} and "
+                         f"{tuple(kl_patched.shape)}")
+    kl_corrupt, kl_patched = kl_corrupt.double(), kl_patched.double()
+    # KL(P||P) = 0 plays "clean", KL(P||Q) "corrupt": (KL_PR - KL_PQ) / (0 - KL_PQ) is the recovery.
+    per_example = normalized_effect(kl_patched, torch.zeros_like(kl_corrupt), kl_corrupt, on_degenerate, atol)
+    score = normalized_effect(kl_patched.mean(-1), torch.zeros(()), kl_corrupt.mean(), on_degenerate, atol)
+    return KLRecovery(score, per_example, kl_corrupt, kl_patched)
+
+
 def _as_examples(values: Tensor | np.ndarray, name: str = "values") -> np.ndarray:
     x = values.detach().cpu().double().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
     if x.ndim == 0 or x.shape[0] < 1:

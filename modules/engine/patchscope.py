@@ -31,12 +31,14 @@ def suppressed_tokens(model, suppress_tokens: Sequence[int] | None = None) -> li
 @torch.no_grad()
 def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                     prompt_interventions: Mapping | None = None, prompt_patches: Mapping | None = None,
-                    suppress_tokens: Sequence[int] | None = None) -> Generation:
+                    suppress_tokens: Sequence[int] | None = None, past_key_values=None) -> Generation:
     """Greedy decoding with the KV cache; interventions and patches act on the prompt pass only.
 
     Each new token is the argmax over the tokens the model may generate: the ids of
     :func:`suppressed_tokens` (by default the model's ``generation_config.suppress_tokens``, as in
     ``model.generate``; ``()`` for none) are skipped. The returned logits are the raw ones.
+    ``past_key_values``: a cache of tokens before ``input_ids`` (see :class:`SharedPrefix`); the
+    attention mask then covers them too.
     """
     if max_new_tokens < 1:
         raise EngineError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -44,7 +46,8 @@ def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_
     first = intervene(model, prompt_interventions) if prompt_interventions else nullcontext()
     patches = patch(model, prompt_patches) if prompt_patches else nullcontext()
     with first, patches:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                    use_cache=True)
     tokens, logits = [], []
     for step in range(max_new_tokens):
         step_logits = out.logits[:, -1]
@@ -62,6 +65,47 @@ def generate_greedy(model, input_ids: Tensor, max_new_tokens: int, *, attention_
         out = model(input_ids=token[:, None], attention_mask=attention_mask, past_key_values=out.past_key_values,
                     use_cache=True)
     return Generation(torch.stack(tokens, 1), torch.stack(logits, 1))
+
+
+class SharedPrefix:
+    """The keys and values of a prefix that every prompt of a study starts with (its few-shot
+    examples), computed once; each batch then runs only its own tokens on a copy of them."""
+
+    @torch.no_grad()
+    def __init__(self, model, prefix_ids: Tensor):
+        if prefix_ids.ndim != 2 or prefix_ids.shape[0] != 1 or prefix_ids.shape[1] < 1:
+            raise EngineError(f"prefix_ids must be [1, length >= 1], got {tuple(prefix_ids.shape)}")
+        self.model, self.ids = model, prefix_ids
+        self._cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[1]
+
+    def cache(self, batch: int):
+        """A fresh copy for ``batch`` prompts (the model extends the cache it is given)."""
+        import copy
+
+        cache = copy.deepcopy(self._cache)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        return cache
+
+    def mask(self, suffix_mask: Tensor) -> Tensor:
+        return torch.cat([suffix_mask.new_ones(len(suffix_mask), self.length), suffix_mask], dim=1)
+
+    @torch.no_grad()
+    def logits(self, suffix_ids: Tensor, suffix_mask: Tensor | None = None) -> Tensor:
+        """Logits of the suffix tokens ``[batch, suffix, vocab]``, as a full pass over prefix + suffix
+        gives them. Pad on the right (``suffix_mask`` 0): earlier positions never see those tokens."""
+        mask = None if suffix_mask is None else self.mask(suffix_mask)
+        return self.model(input_ids=suffix_ids, attention_mask=mask, past_key_values=self.cache(len(suffix_ids)),
+                          use_cache=True).logits
+
+    def generate(self, suffix_ids: Tensor, max_new_tokens: int, **kwargs) -> Generation:
+        """Greedy decoding after prefix + ``suffix_ids`` (a batch of equal-length suffixes)."""
+        return generate_greedy(self.model, suffix_ids, max_new_tokens, past_key_values=self.cache(len(suffix_ids)),
+                               **kwargs)
 
 
 @torch.no_grad()

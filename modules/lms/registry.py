@@ -290,3 +290,22 @@ def tokenizer_max_id(path: Path) -> int | None:
         except Exception as error:  # transformers raises many types: one line
             raise LMError(f"cannot load the tokenizer in {path}: {one_line(error)}") from None
     return None
+
+
+def model_path(name: str, weights: Path | None = None) -> tuple[Path, dict]:
+    """The directory to load (``weights``, or the registry's for ``name``) and how to load it."""
+    registry = read_registry()
+    settings = load_settings(name, registry)
+    if weights is None:
+        return resolve_model(name, registry), settings
+    check_model_dir(weights, name)
+    return Path(weights), settings
+
+
+def load_named(name: str, weights: Path | None = None):
+    """``(model, tokenizer, path)`` through the engine's loader, as the registry says."""
+    from modules.engine.adapters import load_model
+
+    path, settings = model_path(name, weights)
+    model, tokenizer = load_model(str(path), dtype=settings["dtype"], device_map=settings["device_map"])
+    return model, tokenizer, path

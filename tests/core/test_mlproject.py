@@ -12,9 +12,11 @@ def test_committed_mlproject_is_generated_from_the_pipelines():
 
 def test_every_stage_is_an_entry_point_with_its_dvc_command():
     points = entry_points()
-    stages = {**yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"],
-              **yaml.safe_load((ROOT / "pipelines/llm/dvc.yaml").read_text())["stages"]}
-    assert set(points) == {"main", *stages}
+    from modules.core.mlproject import PIPELINES
+
+    stages = {name: stage for pipeline in PIPELINES
+              for name, stage in yaml.safe_load((ROOT / pipeline).read_text())["stages"].items()}
+    assert set(points) == {"main", *stages} and "heads_ontology" in points
     train = points["train_logic"]
     assert train["parameters"] == {"seed": {"type": "int", "default": 0}}
     assert train["command"] == ("python -m pipelines.logic.train --seed {seed} --data artifacts/logic/data "

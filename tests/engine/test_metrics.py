@@ -4,7 +4,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from modules.engine.metrics import (accuracy_ci, at_position, kl_to_clean, logit_diff, mean_with_ci,
+from modules.engine.metrics import (accuracy_ci, at_position, kl_recovery, kl_recovery_from_kl, kl_to_clean, logit_diff, mean_with_ci,
                                     normalized_effect, target_prob, target_rank, wilson_ci)
 
 
@@ -117,3 +117,88 @@ def test_wilson_matches_scipy():
     assert (acc.low <= acc.mean).all() and (acc.mean <= acc.high).all() and acc.high[3] == 1.0
     with pytest.raises(ValueError, match="successes"):
         wilson_ci(11, 10)
+
+
+# --- normalised KL recovery -----------------------------------------------------------------------
+def _kl(p_logits, q_logits):
+    p = scipy.special.softmax(np.asarray(p_logits, dtype=np.float64), -1)
+    q = scipy.special.softmax(np.asarray(q_logits, dtype=np.float64), -1)
+    return scipy.stats.entropy(p, q, axis=-1)
+
+
+def test_kl_recovery_sign_and_normalisation():
+    clean = torch.tensor([[3.0, 0.0, -1.0, 0.5]])
+    corrupt = torch.tensor([[0.0, 2.0, -1.0, 0.5]])
+    worse = torch.tensor([[-3.0, 4.0, -1.0, 0.5]])  # further from the clean distribution than corrupt
+    halfway = (clean + corrupt) / 2
+    result = kl_recovery(clean, corrupt, torch.stack([clean, corrupt, worse, halfway]))  # [4 cells, 1, vocab]
+    assert result.score.shape == (4,) and result.per_example.shape == (4, 1)
+    assert result.score[0] == pytest.approx(1.0, abs=1e-12) and result.score[1] == pytest.approx(0.0, abs=1e-12)
+    assert result.score[2] < 0 and 0 < result.score[3] < 1
+    kl_pq, kl_pr = _kl(clean, corrupt)[0], _kl(clean, worse)[0]
+    assert result.score[2].item() == pytest.approx((kl_pq - kl_pr) / kl_pq, rel=1e-9)
+    torch.testing.assert_close(result.per_example[:, 0], result.score)  # one example: the same ratio
+    assert result.kl_corrupt.item() == pytest.approx(kl_pq, rel=1e-9)
+
+
+def test_kl_recovery_averages_over_examples_before_normalising():
+    gen = torch.Generator().manual_seed(5)
+    clean = torch.randn(3, 7, generator=gen)
+    corrupt = clean + torch.tensor([0.3, 2.0, 5.0])[:, None] * torch.randn(3, 7, generator=gen)  # very unequal KLs
+    patched = clean + 0.5 * (corrupt - clean) + 0.2 * torch.randn(3, 7, generator=gen)
+    result = kl_recovery(clean, corrupt, patched)
+    kl_pq, kl_pr = _kl(clean, corrupt), _kl(clean, patched)
+    assert result.score.item() == pytest.approx((kl_pq.mean() - kl_pr.mean()) / kl_pq.mean(), rel=1e-9)
+    np.testing.assert_allclose(result.per_example.numpy(), (kl_pq - kl_pr) / kl_pq, rtol=1e-9)
+    assert abs(result.score.item() - result.per_example.mean().item()) > 1e-3  # not a mean of ratios
+
+
+def test_kl_recovery_broadcasts_over_cells_and_bootstraps_examples():
+    gen = torch.Generator().manual_seed(6)
+    clean, corrupt = torch.randn(12, 9, generator=gen), torch.randn(12, 9, generator=gen)
+    weights = torch.rand(2, 3, 1, 1, generator=gen)
+    patched = weights * clean + (1 - weights) * corrupt + 0.1 * torch.randn(2, 3, 12, 9, generator=gen)
+    result = kl_recovery(clean, corrupt, patched)
+    assert result.score.shape == (2, 3) and result.per_example.shape == result.kl_patched.shape == (2, 3, 12)
+    for i in range(2):
+        for j in range(3):
+            one = kl_recovery(clean, corrupt, patched[i, j])
+            torch.testing.assert_close(result.score[i, j], one.score)
+            torch.testing.assert_close(result.per_example[i, j], one.per_example)
+    ci = result.ci(n_boot=200, seed=3)
+    assert ci.mean.shape == ci.low.shape == (2, 3)
+    torch.testing.assert_close(ci.mean, result.score)
+    assert (ci.low <= ci.mean).all() and (ci.mean <= ci.high).all() and (ci.low < ci.high).all()
+    # The same resamples of examples by hand: the ratio of the resampled mean KLs.
+    counts = np.random.default_rng(3).multinomial(12, np.full(12, 1 / 12), size=200)
+    kl_pq, kl_pr = result.kl_corrupt.numpy(), result.kl_patched[1, 2].numpy()
+    boots = [(c @ kl_pq - c @ kl_pr) / (c @ kl_pq) for c in counts]
+    assert ci.low[1, 2].item() == pytest.approx(np.percentile(boots, 2.5), rel=1e-9)
+    assert ci.high[1, 2].item() == pytest.approx(np.percentile(boots, 97.5), rel=1e-9)
+
+
+def test_kl_recovery_degenerate_and_shapes():
+    clean = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    corrupt = torch.tensor([[1.0, 0.0, 0.0], [2.0, 0.0, 1.0]])  # the first example is unchanged
+    patched = torch.tensor([[0.5, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="clean == corrupt .*on_degenerate='nan'") as error:
+        kl_recovery(clean, corrupt, patched)
+    assert "\n" not in str(error.value)
+    result = kl_recovery(clean, corrupt, patched, on_degenerate="nan")
+    assert result.per_example[0].isnan() and result.per_example[1].isfinite() and result.score.isfinite()
+    assert kl_recovery(clean, clean, patched, on_degenerate="nan").score.isnan()
+    with pytest.raises(ValueError, match="clean and corrupt logits must both be"):
+        kl_recovery(clean, corrupt[:1], patched)
+    with pytest.raises(ValueError, match=r"patched logits must be \[\.\.\., n, vocab\] = \[\.\.\., 2, 3\]"):
+        kl_recovery(clean, corrupt, patched[:1])
+
+
+def test_kl_recovery_from_kls_equals_the_logits_version():
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt = torch.randn(5, 11, generator=g), torch.randn(5, 11, generator=g)
+    patched = torch.randn(2, 3, 5, 11, generator=g)
+    full = kl_recovery(clean, corrupt, patched)
+    from_kl = kl_recovery_from_kl(full.kl_corrupt, full.kl_patched)
+    torch.testing.assert_close(from_kl.score, full.score)
+    with pytest.raises(ValueError, match=r"kl_corrupt must be \[n\] and kl_patched \[..., n\]"):
+        kl_recovery_from_kl(full.kl_corrupt, full.kl_patched[..., :4])

@@ -3,7 +3,7 @@ import torch
 
 from modules.engine.adapters import EngineError
 from modules.engine.hooks import Site, capture, patch
-from modules.engine.patchscope import backpatch, generate_greedy, patchscope
+from modules.engine.patchscope import SharedPrefix, backpatch, generate_greedy, patchscope
 from tests.conftest import ARCHS, random_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,3 +75,19 @@ def test_patchscope_broadcasts_one_source_state_and_checks_input(tiny_model):
         patchscope(model, source, 1, -1, target, 1, -1, max_new_tokens=0)
     with pytest.raises(EngineError, match="layer 3 out of range"):
         patchscope(model, source, 3, -1, target, 1, -1)
+
+
+@pytest.mark.parametrize("arch", ARCHS + ("gemma3",))
+def test_shared_prefix_gives_the_full_pass_logits_and_generation(tiny_model, arch):
+    model, _ = tiny_model(arch)
+    ids = random_ids(3, 12)
+    ids[:, :7] = ids[0, :7]
+    prefix = SharedPrefix(model, ids[:1, :7])
+    full = model(ids).logits
+    torch.testing.assert_close(prefix.logits(ids[:, 7:]), full[:, 7:], atol=1e-5, rtol=0)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0  # a right-padded row: its real positions are unchanged
+    torch.testing.assert_close(prefix.logits(ids[:, 7:], mask)[1, :3], full[1, 7:10], atol=1e-5, rtol=0)
+    assert torch.equal(prefix.generate(ids[:, 7:], 4).tokens, generate_greedy(model, ids, 4).tokens)
+    with pytest.raises(EngineError, match=r"prefix_ids must be \[1, length >= 1\]"):
+        SharedPrefix(model, ids[:, :7])

@@ -40,6 +40,12 @@ TINY_LLM_PARAMS = {
                  "train": {"max_steps": 2, "val_every": 1, "batch_size": 4, "val_batch_size": 4}},
     "study": {"sites": ["head_out"], "n_boot": 50, "random_controls": 1},
 }
+# Study 2 on the same model: a few items, two subtasks analysed on two examples each.
+TINY_ONTOLOGY_PARAMS = {
+    "data": {"items": 8, "false_items": 4, "onehop": 2},
+    "behaviour": {"items": 6},
+    "heads": {"subtasks": [1, 8], "patch_items": 1, "lens_items": 2, "n_boot": 50},
+}
 WHEELS = Path("artifacts/downloads/wheels")
 
 
@@ -66,7 +72,8 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
     (dest / "data").mkdir(exist_ok=True)
-    shutil.copy2(ROOT / "data" / "logic_benchmark.parquet", dest / "data" / "logic_benchmark.parquet")
+    for name in ("logic_benchmark.parquet", "ontology_vocabulary.yaml"):
+        shutil.copy2(ROOT / "data" / name, dest / "data" / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
         if isinstance(values, dict):
@@ -79,6 +86,8 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
                 params["logic_llm"][section][key].update(value)
             else:
                 params["logic_llm"][section][key] = value
+    for section, values in TINY_ONTOLOGY_PARAMS.items():
+        params["ontology"][section].update(values)
     if (ROOT / WHEELS).is_dir():  # the packaged LMs' wheels, already fetched: linked, not downloaded again
         shutil.copytree(ROOT / WHEELS, dest / WHEELS, copy_function=os.link, dirs_exist_ok=True)
     for dotted, value in overrides.items():

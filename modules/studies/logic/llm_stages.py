@@ -15,7 +15,7 @@ import pandas as pd
 from modules.core.io import atomic_dir, atomic_write_text, write_json
 from modules.core.params import ParamsError
 from modules.core.tracking import data_hash, log_json, log_table, tracked_run
-from modules.lms.registry import check_model_dir, load_settings, read_registry, resolve_model
+from modules.lms.registry import load_named, model_path, read_registry
 from modules.studies.logic import STUDY
 from modules.studies.logic.params import LLMGPUParams, LLMParams
 
@@ -26,25 +26,6 @@ def _need(path: Path, what: str, stage: str) -> Path:
     if not Path(path).exists():
         raise FileNotFoundError(f"no {what} at {path}; run the {stage} stage first")
     return Path(path)
-
-
-def model_path(name: str, weights: Path | None = None) -> tuple[Path, dict]:
-    """The directory to load (``weights``, or the registry's for ``name``) and how to load it."""
-    registry = read_registry()
-    settings = load_settings(name, registry)
-    if weights is None:
-        return resolve_model(name, registry), settings
-    check_model_dir(weights, name)
-    return Path(weights), settings
-
-
-def load_named(name: str, weights: Path | None = None):
-    """``(model, tokenizer, path)`` through the engine's loader, as the registry says."""
-    from modules.engine import load_model
-
-    path, settings = model_path(name, weights)
-    model, tokenizer = load_model(str(path), dtype=settings["dtype"], device_map=settings["device_map"])
-    return model, tokenizer, path
 
 
 def check_model_listed(config: LLMParams, name: str) -> None:

@@ -1,0 +1,46 @@
+"""The schema of params.yaml's ``ontology`` section (study 2), checked by :func:`modules.core.params.load`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from modules.core.params import ParamsError, load, param, section
+from modules.studies.ontology.data.dataset import DataConfig
+from modules.studies.ontology.data.generator import HOPS
+
+
+@dataclass(frozen=True)
+class DataParams:
+    seed: int = param(range=(0, 2**63 - 1))
+    hops: int = param(choices=HOPS)
+    items: int = param(range=(2, 10**6))          # fictional test items (half True)
+    false_items: int = param(range=(2, 10**6))    # false-ontology items
+    shots: int = param(range=(2, 64))             # solved examples per ontology
+    onehop: int = param(range=(1, 10**6))
+    onehop_shots: int = param(range=(0, 64))
+
+    def config(self) -> DataConfig:
+        return DataConfig(**asdict(self))
+
+
+@dataclass(frozen=True)
+class OntologyParams:
+    vocabulary: str = param()     # data/ontology_vocabulary.yaml (data.dvc)
+    data: DataParams = param()
+    validation: dict = param()    # the GX suite's settings
+    models: tuple[str, ...] = param()  # names in params.yaml lms
+    behaviour: dict = param()     # BehaviourConfig's
+    heads: dict = param()         # HeadsConfig's
+    report_dir: str = param()
+
+    def __post_init__(self):
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be a non-empty list of distinct names, got {list(self.models)}")
+
+
+def ontology_params() -> OntologyParams:
+    return load(OntologyParams, section("ontology"), "ontology")
+
+
+def check_model_listed(params: OntologyParams, name: str) -> None:
+    if name not in params.models:
+        raise ParamsError(f"--model {name} is not in params.yaml ontology.models {list(params.models)}")

@@ -1,0 +1,132 @@
+"""What each of study 2's pipeline stages does, one function a stage: read inputs, run inside an
+MLflow run of the study's experiment (``ontology-cot``), write outputs atomically. The scripts in
+pipelines/ontology/ only parse paths and params and call these."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+
+from modules.core.io import atomic_dir, write_json
+from modules.core.tracking import log_json, log_table, tracked_run
+from modules.studies.ontology import STUDY
+from modules.studies.ontology.params import OntologyParams, check_model_listed
+
+
+def generate_data(params: OntologyParams, out: Path) -> dict[str, int]:
+    """Items, shots, subtasks and the one-hop set at ``out`` (Parquet), from the curated vocabulary."""
+    from modules.studies.ontology.data.dataset import generate, write_tables
+    from modules.studies.ontology.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(Path(params.vocabulary))
+    config = params.data.config()
+    with tracked_run(STUDY, "generate", {**params.data.__dict__, "vocabulary": params.vocabulary},
+                     data_paths=[params.vocabulary]):
+        start = time.perf_counter()
+        frames = generate(config, vocab)
+        with atomic_dir(out) as tmp:
+            write_tables(frames, tmp)
+        rows = {name: len(frame) for name, frame in frames.items()}
+        mlflow.log_metrics({f"rows.{name}": float(n) for name, n in rows.items()}
+                           | {"seconds": time.perf_counter() - start})
+    return rows
+
+
+def run_behaviour(params: OntologyParams, name: str, weights: Path | None, data: Path, out: Path) -> dict:
+    """Greedy chain of thought and per-subtask next-word accuracy of the named model, with Wilson CIs."""
+    from modules.lms.registry import load_named
+    from modules.studies.ontology.behaviour import BehaviourConfig, behaviour
+    from modules.studies.ontology.data.dataset import read_tables
+
+    check_model_listed(params, name)
+    config = BehaviourConfig.from_mapping(params.behaviour, complete=True)
+    tables = read_tables(data)
+    model, tokenizer, path = load_named(name, weights)
+    with tracked_run(STUDY, f"behaviour-{name}", {"model": name, "path": str(path), **config.__dict__},
+                     data_paths=[data]) as run:
+        start = time.perf_counter()
+        per_item, per_subtask, summary = behaviour(model, tokenizer, tables["items"], tables["subtasks"],
+                                                   tables["shots"], config, progress=lambda m: print(m, flush=True))
+        summary |= {"model": name, "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
+        metrics = {"cot_exact": summary["cot_exact"]["mean"], "label_accuracy": summary["label_accuracy"]["mean"],
+                   "seconds": summary["seconds"]}
+        metrics |= {f"subtask{s}.accuracy": v["mean"] for s, v in summary["subtasks"].items()}
+        mlflow.log_metrics(metrics)
+        log_json(summary, "behaviour.json")
+        log_table(per_item, "items.csv")
+        log_table(per_subtask, "subtasks.csv")
+        with atomic_dir(out) as tmp:
+            per_item.to_csv(tmp / "items.csv", index=False)
+            per_subtask.to_csv(tmp / "subtasks.csv", index=False)
+            write_json(summary, tmp / "behaviour.json")
+    return summary
+
+
+def report(params: OntologyParams, root: Path, out: Path) -> Path:
+    """reports/ontology/README.md from every model's outputs under ``root``."""
+    from modules.studies.ontology.report import render_report
+
+    results = {}
+    for name in params.models:
+        path = root / name / "behaviour" / "behaviour.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no behaviour results at {path}; run the behaviour_ontology stage first")
+        results[name] = {"behaviour": json.loads(path.read_text())}
+    with atomic_dir(out) as tmp:
+        (tmp / "README.md").write_text(render_report(params, results))
+    return out / "README.md"
+
+
+def run_heads(params: OntologyParams, name: str, weights: Path | None, data: Path, behaviour_dir: Path,
+              out: Path, metrics: Path) -> dict:
+    """Per-subtask head patching, answer writers, copy scores and the information-flow trace of the
+    named model; figures and tensors in ``out`` and in the MLflow run ``heads-<model>``."""
+    import pandas as pd
+
+    from modules.analysis.outputs import log_results, write_results
+    from modules.lms.registry import load_named
+    from modules.studies.ontology.data.dataset import read_tables
+    from modules.studies.ontology.heads import HeadsConfig, heads_figures, heads_metrics
+    from modules.studies.ontology.heads import run_heads as analyse
+
+    check_model_listed(params, name)
+    config = HeadsConfig.from_mapping(params.heads, complete=True)
+    per_subtask = behaviour_dir / "subtasks.csv"
+    if not per_subtask.is_file():
+        raise FileNotFoundError(f"no behaviour results at {per_subtask}; run the behaviour_ontology stage first")
+    tables = read_tables(data)
+    model, tokenizer, path = load_named(name, weights)
+    with tracked_run(STUDY, f"heads-{name}", {"model": name, "path": str(path), **config.__dict__},
+                     data_paths=[data, per_subtask]) as run:
+        start = time.perf_counter()
+        summary, tensors = analyse(model, tokenizer, tables, pd.read_csv(per_subtask), config,
+                                   progress=lambda m: print(m, flush=True))
+        summary |= {"model": name, "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
+        figures = heads_figures(summary, tensors, name)
+        with atomic_dir(out) as tmp:
+            write_results(tmp, summary, {}, tensors, figures)
+        log_results(heads_metrics(summary), summary, {}, tensors, out / "figures")
+        write_json(heads_metrics(summary), metrics)
+    return summary
+
+
+def validate_data(params: OntologyParams, data: Path, docs: Path, summary: Path):
+    """The independent checker and the GX suites on every table; one line naming the table, the
+    expectation and the offending rows on any violation."""
+    from modules.studies.ontology.validation import validate_ontology
+    from modules.studies.ontology.vocabulary import load_vocabulary
+    from modules.validation import raise_on_failure
+
+    vocab = load_vocabulary(Path(params.vocabulary))
+    settings = {"hops": params.data.hops, **params.validation}
+    with tracked_run(STUDY, "validate", settings, data_paths=[data]):
+        report = validate_ontology(data, settings, docs, summary, vocab)
+        mlflow.log_metrics({"validation_success": float(report.success),
+                            "failed_expectations": float(len(report.failures())),
+                            "checked_expectations": float(len(report.outcomes))})
+        mlflow.log_artifact(str(summary))
+        mlflow.log_artifacts(str(docs), artifact_path="data_docs")
+        raise_on_failure(report)
+    return report
