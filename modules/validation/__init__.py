@@ -223,3 +223,25 @@ def run_suites(batches: Mapping[str, Batch], docs_dir: Path, suite_prefix: str) 
     return outcomes
 
 
+
+
+def validate_batches(batches: Mapping[str, Batch], docs_dir: Path, suite_prefix: str,
+                     summary_path: Path) -> ValidationReport:
+    """:func:`run_suites`, gathered into one report (its summary is the study's to write)."""
+    outcomes = run_suites(batches, docs_dir, suite_prefix)
+    return ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
+                            rows={name: len(frame) for name, (frame, _, _) in batches.items()},
+                            docs_index=docs_dir / "index.html", summary_path=summary_path)
+
+
+def log_report(report: ValidationReport, docs_dir: Path) -> None:
+    """Into the active MLflow run: the counts, the summary and the Data Docs site; then fail with
+    one line on any violation."""
+    import mlflow
+
+    mlflow.log_metrics({"validation_success": float(report.success),
+                        "failed_expectations": float(len(report.failures())),
+                        "checked_expectations": float(len(report.outcomes))})
+    mlflow.log_artifact(str(report.summary_path))
+    mlflow.log_artifacts(str(docs_dir), artifact_path="data_docs")
+    raise_on_failure(report)

@@ -40,11 +40,12 @@ TINY_LLM_PARAMS = {
                  "train": {"max_steps": 2, "val_every": 1, "batch_size": 4, "val_batch_size": 4}},
     "study": {"sites": ["head_out"], "n_boot": 50, "random_controls": 1},
 }
-# Study 2 on the same model: a few items, two subtasks analysed on two examples each.
+# Study 2 on the same model: a few items, two solved examples in the prompt, two subtasks analysed.
 TINY_ONTOLOGY_PARAMS = {
     "data": {"items": 8, "false_items": 4, "onehop": 2},
-    "behaviour": {"items": 6},
-    "heads": {"subtasks": [1, 8], "patch_items": 1, "lens_items": 2, "n_boot": 50},
+    "behaviour": {"items": 6, "shots": 2},
+    "heads": {"shots": 2, "subtasks": [1, 8], "patch_items": 1, "lens_items": 2, "trace_items": 1, "mean_items": 2,
+              "circuit_fractions": [0.1, 1.0], "random_sets": 1, "n_boot": 50},
 }
 WHEELS = Path("artifacts/downloads/wheels")
 

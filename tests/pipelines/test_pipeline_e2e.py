@@ -20,7 +20,8 @@ def scratch_project(tmp_path_factory):
 
 
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
-          "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic"]
+          "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic", "generate_ontology",
+          "validate_ontology"]
 LM = "smollm2-135m"
 LLM_STAGES = [f"import_lm@{LM}", "logic_llm_prompts", f"fewshot_logic_llm@{LM}", f"finetune_logic_llm@{LM}",
               f"study_base_logic_llm@{LM}", f"study_finetuned_logic_llm@{LM}", "report_logic_llm"]
@@ -74,6 +75,34 @@ def test_the_llm_half_runs_on_the_real_smollm2(repro_project):
     assert {f"fewshot-{LM}", f"finetune-{LM}", f"llm-study-{LM}-base", f"llm-study-{LM}-finetuned"} <= names
     imports = client.search_runs([client.get_experiment_by_name("language-models").experiment_id])
     assert [r.info.run_name for r in imports] == [f"import-{LM}"]
+
+
+def test_study2_runs_on_the_real_smollm2(repro_project):
+    """The ontology pipeline on the main pipeline's data and imported model: behaviour, the head
+    analyses of two subtasks, the report; each an MLflow run of the study's experiment."""
+    project, env, result = repro_project
+    assert (project / "reports/data_docs/ontology/index.html").is_file()
+    items = pd.read_parquet(project / "artifacts/ontology/data/items.parquet")
+    assert len(items) == 12 and items["label"].mean() == 0.5
+    study = run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env, timeout=900)
+    for stage in (f"behaviour_ontology@{LM}", f"heads_ontology@{LM}", "report_ontology"):
+        assert f"Running stage '{stage}'" in study.stdout
+    behaviour = json.loads((project / f"artifacts/ontology/{LM}/behaviour/behaviour.json").read_text())
+    assert behaviour["n_items"] == 6 and set(behaviour["subtasks"]) == {str(s) for s in range(10)}
+    heads = json.loads((project / f"artifacts/ontology/{LM}/heads/summary.json").read_text())
+    assert heads["n_layers"] == 30 and heads["n_heads"] == 9 and set(heads["subtasks"]) == {"1", "8"}
+    analysed = [e for e in heads["subtasks"].values() if e["n_patch"]]
+    assert analysed, "no subtask had a correctly predicted example"
+    for entry in analysed:
+        assert -1.5 <= entry["top_patching"][0]["score"] <= 1.5 and entry["sufficiency"]["curve"][-1]["agreement"] == 1.0
+    tensors = load_file(project / f"artifacts/ontology/{LM}/heads/tensors.safetensors")
+    assert tensors["trace_context_share"].shape == (30,)
+    report = (project / "reports/ontology/README.md").read_text()
+    assert f"## {LM}" in report and "| claim | paper (Llama-2-7B) | ours | verdict |" in report
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("ontology-cot").experiment_id])
+    assert {"generate", "validate", f"behaviour-{LM}", f"heads-{LM}"} <= {r.info.run_name for r in runs}
+    assert "Running stage" not in run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env).stdout
 
 
 @pytest.mark.parametrize("args,message", [

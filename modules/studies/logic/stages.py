@@ -21,7 +21,7 @@ from modules.studies.logic.data import (end_compact_prompt, generate_splits, gen
 from modules.studies.logic.data.dataset import generate_flip_pairs
 from modules.studies.logic.params import ActivationParams, BenchmarkParams, DataParams, PairsParams, TuneParams
 from modules.studies.logic.validation import validate_flip_pairs, validate_logic_splits
-from modules.validation import raise_on_failure
+from modules.validation import log_report, raise_on_failure
 
 
 def _need(path: Path, what: str, stage: str) -> Path:
@@ -106,12 +106,7 @@ def validate_data(data: DataParams, tolerance: float, benchmark_depth: int, data
         raise FileNotFoundError(f"dataset file(s) not found: {', '.join(missing)}")
     with tracked_run(STUDY, "validate", config, data_paths=[p for p in [*splits.values(), traces] if p]):
         report = validate_logic_splits(splits, config, docs, summary, split_params=split_params, traces=traces)
-        mlflow.log_metrics({"validation_success": float(report.success),
-                            "failed_expectations": float(len(report.failures())),
-                            "checked_expectations": float(len(report.outcomes))})
-        mlflow.log_artifact(str(summary))
-        mlflow.log_artifacts(str(docs), artifact_path="data_docs")
-        raise_on_failure(report)
+        log_report(report, docs)
     return report
 
 

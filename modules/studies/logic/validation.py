@@ -24,7 +24,7 @@ from modules.core.params import load, param
 from modules.studies.logic.data.dataset import SCHEMA, TRACE_SCHEMA
 from modules.studies.logic.data.generator import QUERY_CHAINS, RULE_ORDERS
 from modules.studies.logic.data.syntax import OPERATORS, PROMPT_ENDS, UNDETERMINED, parse_compact_prompt
-from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, read_table, run_suites,
+from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, read_table, validate_batches,
                                 schema_expectations, share_bounds)
 
 
@@ -273,10 +273,7 @@ def validate_logic_splits(split_paths: Mapping[str, Path],
     for name, expectations in cross_split_expectations().items():
         batches[name] = (cross[name], expectations, cross_format)
 
-    outcomes = run_suites(batches, docs_dir, suite_prefix="logic")
-    report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
-                              rows={name: len(frame) for name, (frame, _, _) in batches.items()},
-                              docs_index=docs_dir / "index.html", summary_path=summary_path)
+    report = validate_batches(batches, docs_dir, "logic", summary_path)
     write_json(summary_dict(report, params), summary_path)
     return report
 
@@ -355,11 +352,9 @@ def validate_flip_pairs(path: Path, docs_dir: Path, summary_path: Path | None = 
     summary_path = Path(summary_path) if summary_path else docs_dir / "validation_summary.json"
     check_docs_dir(docs_dir)
     frame = read_table(PAIRS, path)
-    summary_format = SUMMARY_FORMAT
-    outcomes = run_suites({PAIRS: (pair_check_frame(frame), pair_expectations(), summary_format)}, docs_dir, suite_prefix="logic")
-    report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
-                              rows={PAIRS: len(frame)}, docs_index=docs_dir / "index.html",
-                              summary_path=summary_path)
+    report = validate_batches({PAIRS: (pair_check_frame(frame), pair_expectations(), SUMMARY_FORMAT)}, docs_dir,
+                              "logic", summary_path)
+    outcomes = report.outcomes
     write_json({"success": report.success, "rows": len(frame), "outcomes": [asdict(o) for o in outcomes],
                 "failures": [o.expectation for o in report.failures()]}, summary_path)
     return report

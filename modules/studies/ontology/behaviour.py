@@ -41,12 +41,15 @@ class Encoded:
     suffixes: list[list[int]]     # per row: the ids after the shared prefix
 
 
-def encode_rows(model, tokenizer, texts: list[str]) -> Encoded:
-    """Every text's ids, split at the longest prefix they all share (the solved examples)."""
-    ids = [encode(tokenizer, t) for t in texts]
+def split_shared(model, ids: list[list[int]]) -> Encoded:
+    """Token sequences split at the longest prefix they all share (the solved examples), which runs once."""
     n = common_prefix(ids)
     n = min(n, min(len(i) for i in ids) - 1)  # every row keeps at least one token of its own
     return Encoded(SharedPrefix(model, torch.tensor([ids[0][:n]])), [i[n:] for i in ids])
+
+
+def encode_rows(model, tokenizer, texts: list[str]) -> Encoded:
+    return split_shared(model, [encode(tokenizer, t) for t in texts])
 
 
 def _batches(lengths: list[int], batch_size: int, equal: bool):

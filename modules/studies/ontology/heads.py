@@ -40,10 +40,14 @@ class HeadsConfig:
     subtasks: tuple[int, ...] = param((0, 1, 2, 3, 4, 5, 6, 7, 8, 9))
     subtask7: str = param("paper", choices=("paper", "fact"))  # which corruption of the property's copy
     patch_items: int = param(8, range=(1, 10**6))   # per subtask, head patching
-    lens_items: int = param(40, range=(1, 10**6))   # per subtask, answer writers, copy scores and the trace
+    lens_items: int = param(40, range=(1, 10**6))   # per subtask, answer writers, copy scores, sufficiency
+    trace_items: int = param(10, range=(0, 10**6))  # per subtask, the information-flow trace
     trace_heads: int = param(4, range=(1, 64))      # the trace's (l, k, p), shrinking by one per depth
     trace_positions: int = param(1, range=(1, 64))
     trace_tokens: int = param(1, range=(1, 64))
+    mean_items: int = param(40, range=(1, 10**6))   # false-ontology prompts behind the ablation means
+    circuit_fractions: tuple[float, ...] = param((0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0))  # head-set sizes tried
+    random_sets: int = param(3, range=(0, 1000))     # random head sets of each size, as a control
     writer_z: float = param(2.0, range=(0.0, 100.0))  # a head whose mean score is this many SDs below the mean writes the answer
     batch_size: int = param(8, range=(1, 4096))
     n_boot: int = param(1000, range=(1, 10**6))
@@ -173,7 +177,7 @@ def lens_and_flow(model, examples: SubtaskExamples, config: HeadsConfig) -> dict
         copy = copy_scores(model, ids, [examples.source[i] for i in rows], target)
         out["copy_attention"][..., rows] = copy.attention.float()
         out["copy_projection"][..., rows] = copy.projection.float()
-    for i in range(n):
+    for i in range(min(n, config.trace_items)):
         nodes = trace_flow(model, torch.tensor([examples.clean[i]]), examples.target[i], top_heads=config.trace_heads,
                            top_positions=config.trace_positions, top_tokens=config.trace_tokens)
         for node in nodes:
@@ -220,15 +224,27 @@ def run_heads(model, tokenizer, tables: dict[str, pd.DataFrame], behaviour: pd.D
         recovery = kl_recovery_from_kl(kl_corrupt, kl_patched, on_degenerate="nan")
         ci = recovery.ci(config.n_boot, seed=config.seed)
         writer = ((flow["p_mid"][:, None] - flow["p_head"]) / flow["p_mid"][:, None].clamp_min(1e-12)).mean(-1)
+        # The paper's ratio explodes where p_mid is near 0 (early layers); the plain difference in
+        # probability is reported beside it.
+        raised = (flow["p_head"] - flow["p_mid"][:, None]).mean(-1)
         copy = (flow["copy_attention"] * flow["copy_projection"]).mean(-1)
         tensors |= {f"kl_recovery.s{s}": recovery.score.float(), f"kl_recovery_ci_low.s{s}": ci.low.float(),
                     f"kl_recovery_ci_high.s{s}": ci.high.float(), f"kl_corrupt.s{s}": kl_corrupt.float(),
-                    f"writer_score.s{s}": writer, f"copy_score.s{s}": copy,
+                    f"writer_score.s{s}": writer, f"writer_raise.s{s}": raised, f"copy_score.s{s}": copy,
                     f"copy_attention.s{s}": flow["copy_attention"].mean(-1),
                     **{f"{k}.s{s}": v for k, v in flow.items() if k.startswith(("trace_", "feeds."))}}
-        entry |= {"n_patch": len(patch.ids), "kl_corrupt_mean": float(kl_corrupt.mean()),
+        progress(f"subtask {s}: circuit sufficiency")
+        entry["sufficiency"] = sufficiency(model, tokenizer, tables, examples, recovery.score, config)
+        feeds = {seg: flow[f"feeds.{seg}"] for seg in SEGMENTS}
+        depth1 = sum(feeds.values())
+        entry["pathways"] = {seg: int(v.sum()) for seg, v in feeds.items()}
+        entry["feeders"] = {"n": int(depth1.sum()), "first_half": int(depth1[:adapter.n_layers // 2].sum())}
+        entry["writer_layers"] = flow["trace_writers"].int().tolist()
+        entry |= {"n_patch": len(patch.ids), "n_trace": min(len(examples.ids), config.trace_items),
+                  "kl_corrupt_mean": float(kl_corrupt.mean()),
                   "top_patching": top_heads(recovery.score, ci.low, ci.high),
-                  "writers": writers(writer, config.writer_z), "top_copy": top_heads(copy)}
+                  "writers": writers(writer, config.writer_z), "writers_raise": writers(-raised, config.writer_z),
+                  "top_copy": top_heads(copy)}
         summary["subtasks"][str(s)] = entry
     summary |= rift_summary(tensors, config.subtasks, adapter.n_layers)
     return summary, tensors
@@ -303,6 +319,7 @@ def heads_figures(summary: dict, tensors: dict[str, Tensor], model_name: str) ->
             continue
         for key, what in (("kl_recovery", "patching, normalised KL recovery"),
                           ("writer_score", "answer writers, (p_mid - p_head) / p_mid"),
+                          ("writer_raise", "answer writers, p_head - p_mid"),
                           ("copy_score", "copy score")):
             figures[f"{key}_s{s}.png"] = effect_heatmap(tensors[f"{key}.s{s}"], "layer", "head",
                                                         title=f"{model_name}: subtask {s}, {what}")
@@ -318,3 +335,91 @@ def heads_figures(summary: dict, tensors: dict[str, Tensor], model_name: str) ->
     fig.tight_layout()
     figures["rift.png"] = fig
     return figures
+
+
+# ---------------------------------------------------------------- circuit sufficiency (§3.5)
+
+def false_ontology_means(model, tokenizer, tables: dict[str, pd.DataFrame], subtask: int, config: HeadsConfig
+                         ) -> dict[int, Tensor]:
+    """Each head's mean output over the false-ontology prompts of the same subtask (their own
+    solved examples, "Cats are cows."), per position counted from the end of the test block:
+    layer -> ``[positions, heads, head_dim]``, as long as the shortest test block."""
+    from modules.engine.hooks import Site, capture
+    from modules.studies.ontology.behaviour import encode_rows
+
+    rows = tables["subtasks"]
+    rows = rows[(rows["subtask"] == subtask) & (rows["variant"] == "paper") & (rows["ontology"] == "false")]
+    rows = rows.head(config.mean_items)
+    items = tables["items"].set_index("id")
+    blocks = shot_blocks(tables["shots"], "false", config.shots)
+    enc = encode_rows(model, tokenizer, [test_prompt(blocks, items.loc[r.item_id, "input"], r.prefix)
+                                         for r in rows.itertuples()])
+    width = min(len(s) for s in enc.suffixes)
+    adapter = get_adapter(model)
+    sites = [Site("head_out", layer, positions=tuple(range(-width, 0))) for layer in range(adapter.n_layers)]
+    sums: dict[int, Tensor] = {}
+    for batch in _equal_length_batches(enc.suffixes, config.batch_size):
+        ids = torch.tensor([enc.suffixes[i] for i in batch])
+        with capture(model, sites) as acts:
+            enc.shared.logits(ids)
+        for site in sites:
+            total = acts[site].double().sum(0)
+            sums[site.layer] = sums[site.layer] + total if site.layer in sums else total
+    return {layer: (total / len(enc.suffixes)).float() for layer, total in sums.items()}
+
+
+@torch.no_grad()
+def ablated_argmax(model, shared, suffixes: list[list[int]], ablate: list[tuple[int, int]],
+                   means: dict[int, Tensor], batch_size: int) -> Tensor:
+    """The last position's argmax with ``ablate`` heads set to their means over the last positions
+    of the test block (the few-shot examples, a cached shared prefix, stay as they are)."""
+    from modules.engine.hooks import Site, intervene
+
+    width = next(iter(means.values())).shape[0]
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in ablate:
+        by_layer.setdefault(layer, []).append(head)
+    out = torch.zeros(len(suffixes), dtype=torch.long)
+    for batch in _equal_length_batches(suffixes, batch_size):
+        ids = torch.tensor([suffixes[i] for i in batch])
+        k = min(width, ids.shape[1])
+        edits = {Site("head_out", layer, positions=tuple(range(-k, 0)), heads=tuple(hs)):
+                 (lambda act, m=means[layer][-k:, hs]: m.to(act.dtype).expand_as(act))
+                 for layer, hs in by_layer.items()}
+        with intervene(model, edits):
+            out[batch] = shared.logits(ids)[:, -1].argmax(-1)
+    return out
+
+
+def sufficiency(model, tokenizer, tables: dict[str, pd.DataFrame], examples: SubtaskExamples, ranking: Tensor,
+                config: HeadsConfig) -> dict:
+    """Agreement with the unablated argmax when only the top-k heads of ``ranking`` (patching's KL
+    recovery) keep their outputs and every other head is mean-ablated, for k over a grid; the same
+    for random head sets of each size. The circuit is the smallest k whose agreement is >= 0.9."""
+    from modules.studies.ontology.behaviour import split_shared
+
+    adapter = get_adapter(model)
+    heads = [(layer, h) for layer in range(adapter.n_layers) for h in range(adapter.n_heads)]
+    order = [heads[i] for i in torch.nan_to_num(ranking.flatten(), nan=float("-inf")).argsort(descending=True)]
+    means = false_ontology_means(model, tokenizer, tables, examples.subtask, config)
+    enc = split_shared(model, examples.clean)
+    enc = (enc.shared, enc.suffixes)
+    reference = ablated_argmax(model, *enc, [], means, config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    sizes = sorted({max(1, round(f * len(heads))) for f in config.circuit_fractions})
+    curve = []
+    for k in sizes:
+        keep = set(order[:k])
+        top = (ablated_argmax(model, *enc, [h for h in heads if h not in keep], means, config.batch_size)
+               == reference).float().mean()
+        random = []
+        for _ in range(config.random_sets):
+            chosen = set(heads[i] for i in torch.randperm(len(heads), generator=generator)[:k].tolist())
+            random.append(float((ablated_argmax(model, *enc, [h for h in heads if h not in chosen], means,
+                                                config.batch_size) == reference).float().mean()))
+        curve.append({"heads": k, "fraction": k / len(heads), "agreement": float(top),
+                      "random_agreement": sum(random) / len(random) if random else None})
+    circuit = next((c for c in curve if c["agreement"] >= 0.9), None)
+    return {"n": len(examples.ids), "mean_items": config.mean_items, "curve": curve,
+            "circuit_heads": circuit["heads"] if circuit else None,
+            "circuit_fraction": circuit["fraction"] if circuit else None}

@@ -65,7 +65,9 @@ def run_behaviour(params: OntologyParams, name: str, weights: Path | None, data:
 
 
 def report(params: OntologyParams, root: Path, out: Path) -> Path:
-    """reports/ontology/README.md from every model's outputs under ``root``."""
+    """reports/ontology/README.md (and its figures) from every model's outputs under ``root``."""
+    import shutil
+
     from modules.studies.ontology.report import render_report
 
     results = {}
@@ -74,7 +76,13 @@ def report(params: OntologyParams, root: Path, out: Path) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"no behaviour results at {path}; run the behaviour_ontology stage first")
         results[name] = {"behaviour": json.loads(path.read_text())}
+        heads = root / name / "heads" / "summary.json"
+        if heads.is_file():
+            results[name]["heads"] = json.loads(heads.read_text())
     with atomic_dir(out) as tmp:
+        for name in results:
+            if "heads" in results[name]:
+                shutil.copytree(root / name / "heads" / "figures", tmp / "figures" / name)
         (tmp / "README.md").write_text(render_report(params, results))
     return out / "README.md"
 
@@ -117,16 +125,11 @@ def validate_data(params: OntologyParams, data: Path, docs: Path, summary: Path)
     expectation and the offending rows on any violation."""
     from modules.studies.ontology.validation import validate_ontology
     from modules.studies.ontology.vocabulary import load_vocabulary
-    from modules.validation import raise_on_failure
+    from modules.validation import log_report
 
     vocab = load_vocabulary(Path(params.vocabulary))
     settings = {"hops": params.data.hops, **params.validation}
     with tracked_run(STUDY, "validate", settings, data_paths=[data]):
         report = validate_ontology(data, settings, docs, summary, vocab)
-        mlflow.log_metrics({"validation_success": float(report.success),
-                            "failed_expectations": float(len(report.failures())),
-                            "checked_expectations": float(len(report.outcomes))})
-        mlflow.log_artifact(str(summary))
-        mlflow.log_artifacts(str(docs), artifact_path="data_docs")
-        raise_on_failure(report)
+        log_report(report, docs)
     return report

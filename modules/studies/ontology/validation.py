@@ -27,7 +27,7 @@ from modules.studies.ontology.checker import (ITEM_CHECKS, ONEHOP_CHECKS, PROOF_
 from modules.studies.ontology.data.dataset import ONEHOP_CORRUPTIONS, SCHEMAS
 from modules.studies.ontology.data.generator import HOPS, KINDS, ONTOLOGIES, TYPES
 from modules.studies.ontology.vocabulary import CANONICAL, Vocabulary
-from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, read_table, run_suites,
+from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, read_table, validate_batches,
                                 schema_expectations, share_bounds)
 
 # The dataset contract as pandas reads the Parquet files back: the writer's schemas, not a copy.
@@ -162,10 +162,7 @@ def validate_ontology(data_dir: Path, params: Mapping[str, Any] | ValidationPara
     batches = {name: (checked[name], table_expectations(name, params), row_format) for name in SCHEMAS}
     batches[CROSS] = (checked[CROSS], cross_expectations(),
                       {**SUMMARY_FORMAT, "unexpected_index_column_names": ["split"]})
-    outcomes = run_suites(batches, docs_dir, suite_prefix="ontology")
-    report = ValidationReport(success=all(o.success for o in outcomes), outcomes=outcomes,
-                              rows={name: len(frame) for name, (frame, _, _) in batches.items()},
-                              docs_index=docs_dir / "index.html", summary_path=summary_path)
+    report = validate_batches(batches, docs_dir, "ontology", summary_path)
     write_json(summary_dict(report, params), summary_path)
     return report
 
