@@ -86,7 +86,7 @@ def test_study2_runs_on_the_real_smollm2(repro_project):
     assert len(items) == 12 and items["label"].mean() == 0.5
     study = run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env, timeout=900)
     for stage in (f"behaviour_ontology@{LM}", f"heads_ontology@{LM}", "report_ontology"):
-        assert f"Running stage '{stage}'" in study.stdout
+        assert f"Running stage 'pipelines/ontology/dvc.yaml:{stage}'" in study.stdout
     behaviour = json.loads((project / f"artifacts/ontology/{LM}/behaviour/behaviour.json").read_text())
     assert behaviour["n_items"] == 6 and set(behaviour["subtasks"]) == {str(s) for s in range(10)}
     heads = json.loads((project / f"artifacts/ontology/{LM}/heads/summary.json").read_text())
