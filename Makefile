@@ -29,6 +29,7 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 	dvc pull -q data.dvc 2>/dev/null || { python -m pipelines.logic.freeze_benchmark >/dev/null && \
 	  python -m pipelines.ontology.freeze_vocabulary >/dev/null && \
+	  python -m pipelines.hopping.freeze_world >/dev/null && \
 	  dvc commit -q -f data.dvc && git diff --quiet -- data.dvc || { git checkout -- data.dvc; \
 	  echo "error: data/ rebuilt from its seed does not match data.dvc (generator drift)" >&2; exit 1; }; }
 	touch $@

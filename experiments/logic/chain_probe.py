@@ -20,7 +20,7 @@ from experiments.logic.routing_diagnostic import ancestor_path
 from modules.studies.logic.data.dataset import generate_splits
 from modules.engine.probes import probe_grid
 from modules.studies.logic.model import load_checkpoint
-from modules.studies.logic.training.sequences import encode
+from modules.training.sequences import encode
 
 
 def labels(prompts: list[str], chains: list[str]) -> dict[str, torch.Tensor]:

@@ -28,9 +28,9 @@ from modules.engine.adapters import ModelLoadError
 from modules.engine.metrics import wilson_ci
 from modules.studies.logic.model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.studies.logic.tokenizer import build_logic_tokenizer
-from modules.studies.logic.decoding import right_padded_outputs, teacher_forced_exact_match
-from modules.studies.logic.training.sequences import (BatchStream, conclusion_source_targets, encode, source_head,
-                                       source_loss, training_loss)
+from modules.training.decoding import right_padded_outputs, teacher_forced_exact_match
+from modules.studies.logic.training.sequences import conclusion_source_targets, source_head, source_loss
+from modules.training.sequences import BatchStream, encode, training_loss
 
 DEFAULTS = dict(n_embd=96, n_head=3, n_layer=3, lr=3e-3, batch_size=128, warmup_frac=0.1, beta2=0.98,
                 weight_decay=0.01, grad_clip=1.0, train_size=100_000, depth=3, data_seed=0, seed=0,

@@ -38,10 +38,10 @@ import torch
 
 from modules.studies.logic.data.dataset import generate_splits
 from modules.studies.logic.data.solver import trace_compact
-from modules.studies.logic.decoding import right_padded_logits, teacher_forced_exact_match
+from modules.training.decoding import right_padded_logits, teacher_forced_exact_match
 from modules.studies.logic.model import build_logic_model
 from modules.studies.logic.tokenizer import build_logic_tokenizer
-from modules.studies.logic.training.sequences import BatchStream, encode, training_loss
+from modules.training.sequences import BatchStream, encode, training_loss
 
 
 def rule_antecedents(prompt: str) -> dict[str, list[str]]:

@@ -14,8 +14,8 @@ import yaml
 
 from modules.core.params import ROOT, read_params
 
-PIPELINES = ("dvc.yaml", "pipelines/llm/dvc.yaml", "pipelines/ontology/dvc.yaml")
-HEADER = """# Generated from dvc.yaml, pipelines/llm/dvc.yaml and pipelines/ontology/dvc.yaml by `python -m modules.core.mlproject`; do not edit.
+PIPELINES = ("dvc.yaml", "pipelines/llm/dvc.yaml", "pipelines/ontology/dvc.yaml", "pipelines/hopping/dvc.yaml")
+HEADER = """# Generated from dvc.yaml and pipelines/{llm,ontology,hopping}/dvc.yaml by `python -m modules.core.mlproject`; do not edit.
 # Each stage is an entry point, e.g.
 #   mlflow run . -e train_logic -P seed=1 --env-manager local --experiment-name propositional-logic
 # `dvc repro` remains the way to run a whole pipeline with caching.

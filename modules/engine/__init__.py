@@ -11,11 +11,12 @@ _EXPORTS = {
     "interventions": ("ablate", "knockout", "steer"),
     "patching": ("Cell", "patch_attn_out_sweep", "patch_cells", "patch_head_by_pos_sweep", "patch_head_sweep",
                  "patch_mlp_out_sweep", "patch_resid_sweep", "patch_sweep", "sweep_grid"),
-    "lens": ("HeadLens", "head_lens", "logit_lens"),
+    "lens": ("HeadLens", "head_lens", "logit_lens", "sublayer_ranks"),
     "flow": ("ContextShare", "CopyScores", "FlowNode", "context_share_by_layer", "copy_scores", "rift_layer",
              "trace_flow"),
     "metrics": ("KLRecovery", "kl_recovery", "kl_recovery_from_kl"),
-    "patchscope": ("Generation", "SharedPrefix", "backpatch", "generate_greedy", "patchscope"),
+    "patchscope": ("Generation", "SharedPrefix", "backpatch", "backpatch_grid", "choose_tokens", "generate_greedy",
+                   "patchscope", "patchscope_grid"),
     "attribution": ("TopK", "attribution_patch", "confirm_top_k"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -95,6 +95,38 @@ def head_lens(model, input_ids: Tensor, target: int | Tensor, *, position: int =
     return HeadLens(torch.stack(p_mid), torch.stack(p_head))
 
 
+@torch.no_grad()
+def sublayer_ranks(model, input_ids: Tensor, token_ids: Sequence[int], position: int = -1) -> dict[str, Tensor]:
+    """Where given tokens rank when each layer's attention and MLP output at ``position`` is read
+    through the final norm and the unembedding (the logit lens on the sublayer outputs themselves,
+    ``logit_lens(site="attn_out" / "mlp_out", normalize="self")``), from one forward pass.
+
+    Returns ``{"attn_out": ranks, "mlp_out": ranks}`` (``[n_layers, len(token_ids)]``, 0 = the top
+    token; a token's rank is the number of tokens with a strictly higher logit) and
+    ``{"attn_out_top": ids, "mlp_out_top": ids}`` (``[n_layers]``, each layer's top token).
+    """
+    adapter = get_adapter(model)
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        raise EngineError(f"input_ids must be [1, length], got {tuple(input_ids.shape)}")
+    pos = check_positions([position], input_ids.shape[1])[0]
+    tokens = torch.as_tensor(list(token_ids), dtype=torch.long)
+    vocab = unembed_weight(adapter).shape[0]
+    if tokens.numel() and not bool(((tokens >= 0) & (tokens < vocab)).all()):
+        raise EngineError(f"token ids must be in 0..{vocab - 1}, got {tokens.tolist()}")
+    kinds = ("attn_out", "mlp_out")
+    sites = [Site(kind, layer, (pos,)) for kind in kinds for layer in range(adapter.n_layers)]
+    with capture(model, sites) as acts:
+        model(input_ids=input_ids)
+    out = {}
+    for kind in kinds:
+        logits = torch.stack([read_out(adapter, acts[f"{kind}.{layer}"][0, 0], None, "self")
+                              for layer in range(adapter.n_layers)])  # [n_layers, vocab]
+        chosen = logits[:, tokens.to(logits.device)]                    # [n_layers, n_tokens]
+        out[kind] = (logits[:, None, :] > chosen[:, :, None]).sum(-1)
+        out[f"{kind}_top"] = logits.argmax(-1)
+    return out
+
+
 def read_out(adapter, x: Tensor, final_resid: Tensor, normalize: str) -> Tensor:
     """Vocabulary logits of vectors ``x`` (model space), see the module docstring."""
     if normalize == "self":

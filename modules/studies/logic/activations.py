@@ -11,7 +11,7 @@ from modules.engine import capture_positions
 from modules.engine.activation_cache import save_activations
 from modules.studies.logic.data import read_split
 from modules.studies.logic.model import load_checkpoint
-from modules.studies.logic.training.sequences import encode
+from modules.training.sequences import encode
 
 
 def cache_activations(model_dir: Path, test_path: Path, config, out: Path) -> dict[str, int]:

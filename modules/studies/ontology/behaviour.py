@@ -10,10 +10,11 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from modules.analysis.generation import encode_rows, generate_continuations, length_batches, padded
 from modules.core.params import load, param
 from modules.engine.metrics import wilson_ci
-from modules.engine.patchscope import SharedPrefix, suppressed_tokens
-from modules.studies.ontology.prompts import common_prefix, encode, shot_blocks, target_token, test_prompt
+from modules.engine.patchscope import suppressed_tokens
+from modules.studies.ontology.prompts import shot_blocks, target_token, test_prompt
 
 
 @dataclass(frozen=True)
@@ -35,60 +36,11 @@ def ci(successes: int, total: int) -> dict:
     return {"k": int(successes), "n": int(total), "mean": float(c.mean), "ci_low": float(c.low), "ci_high": float(c.high)}
 
 
-@dataclass
-class Encoded:
-    shared: SharedPrefix
-    suffixes: list[list[int]]     # per row: the ids after the shared prefix
-
-
-def split_shared(model, ids: list[list[int]]) -> Encoded:
-    """Token sequences split at the longest prefix they all share (the solved examples), which runs once."""
-    n = common_prefix(ids)
-    n = min(n, min(len(i) for i in ids) - 1)  # every row keeps at least one token of its own
-    return Encoded(SharedPrefix(model, torch.tensor([ids[0][:n]])), [i[n:] for i in ids])
-
-
-def encode_rows(model, tokenizer, texts: list[str]) -> Encoded:
-    return split_shared(model, [encode(tokenizer, t) for t in texts])
-
-
-def _batches(lengths: list[int], batch_size: int, equal: bool):
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    if not equal:
-        for start in range(0, len(order), batch_size):
-            yield order[start:start + batch_size]
-        return
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(lengths[i], []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), batch_size):
-            yield members[start:start + batch_size]
-
-
-def padded(suffixes: list[list[int]], rows: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(suffixes[i]) for i in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, i in enumerate(rows):
-        ids[r, :len(suffixes[i])] = torch.tensor(suffixes[i])
-        mask[r, :len(suffixes[i])] = 1
-    return ids, mask
-
-
 def generate_answers(model, tokenizer, prompts: list[str], max_new: list[int], batch_size: int,
                      progress: Callable[[str], None] = lambda m: None) -> list[str]:
     """Greedy continuations, cut at the first newline (the end of a response line)."""
-    enc = encode_rows(model, tokenizer, prompts)
-    out: list[str] = [""] * len(prompts)
-    for b, rows in enumerate(_batches([len(s) for s in enc.suffixes], batch_size, equal=True)):
-        ids = torch.tensor([enc.suffixes[i] for i in rows])
-        tokens = enc.shared.generate(ids, max(max_new[i] for i in rows)).tokens
-        for r, i in enumerate(rows):
-            out[i] = tokenizer.decode(tokens[r]).split("\n")[0].strip()
-        if b % 10 == 0:
-            progress(f"generated {sum(1 for o in out if o)} of {len(prompts)} answers")
-    return out
+    return [text.split("\n")[0].strip()
+            for text in generate_continuations(model, tokenizer, prompts, max_new, batch_size, progress)]
 
 
 def teacher_forced_argmax(model, tokenizer, texts: list[str], batch_size: int) -> tuple[list[list[int]], list]:
@@ -98,7 +50,7 @@ def teacher_forced_argmax(model, tokenizer, texts: list[str], batch_size: int) -
     suppress = suppressed_tokens(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     argmax: list = [None] * len(texts)
-    for rows in _batches([len(s) for s in enc.suffixes], batch_size, equal=False):
+    for rows in length_batches([len(s) for s in enc.suffixes], batch_size, equal=False):
         ids, mask = padded(enc.suffixes, rows, pad)
         logits = enc.shared.logits(ids, mask)
         if suppress:

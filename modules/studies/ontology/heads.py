@@ -24,12 +24,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from modules.analysis.generation import encode
 from modules.core.params import load, param
 from modules.engine.adapters import get_adapter
 from modules.engine.metrics import kl_recovery_from_kl, kl_to_clean
 from modules.engine.patching import patch_head_sweep
 from modules.studies.ontology.data.generator import splice
-from modules.studies.ontology.prompts import encode, shot_blocks, shots_text, target_token, test_prompt
+from modules.studies.ontology.prompts import shot_blocks, shots_text, target_token, test_prompt
 
 SEGMENTS = ("few-shot", "question", "generated")
 
@@ -345,7 +346,7 @@ def false_ontology_means(model, tokenizer, tables: dict[str, pd.DataFrame], subt
     solved examples, "Cats are cows."), per position counted from the end of the test block:
     layer -> ``[positions, heads, head_dim]``, as long as the shortest test block."""
     from modules.engine.hooks import Site, capture
-    from modules.studies.ontology.behaviour import encode_rows
+    from modules.analysis.generation import encode_rows
 
     rows = tables["subtasks"]
     rows = rows[(rows["subtask"] == subtask) & (rows["variant"] == "paper") & (rows["ontology"] == "false")]
@@ -396,7 +397,7 @@ def sufficiency(model, tokenizer, tables: dict[str, pd.DataFrame], examples: Sub
     """Agreement with the unablated argmax when only the top-k heads of ``ranking`` (patching's KL
     recovery) keep their outputs and every other head is mean-ablated, for k over a grid; the same
     for random head sets of each size. The circuit is the smallest k whose agreement is >= 0.9."""
-    from modules.studies.ontology.behaviour import split_shared
+    from modules.analysis.generation import split_shared
 
     adapter = get_adapter(model)
     heads = [(layer, h) for layer in range(adapter.n_layers) for h in range(adapter.n_heads)]

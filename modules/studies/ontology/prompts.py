@@ -37,23 +37,6 @@ def test_prompt(blocks: list[str], input_text: str, response: str = "") -> str:
     return few_shot_prompt(blocks, block(input_text, response))
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    """The model's own ids for a prompt: with its BOS where it uses one (exactly one)."""
-    return tokenizer(text)["input_ids"]
-
-
-def common_prefix(sequences: list[list[int]]) -> int:
-    first = sequences[0]
-    n = len(first)
-    for seq in sequences[1:]:
-        n = min(n, len(seq))
-        for i in range(n):
-            if seq[i] != first[i]:
-                n = i
-                break
-    return n
-
-
 @dataclass(frozen=True)
 class TargetToken:
     position: int      # where the model predicts it: the last prefix token

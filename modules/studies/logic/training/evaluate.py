@@ -5,8 +5,8 @@ import pandas as pd
 import torch
 
 from modules.engine.metrics import wilson_ci
-from modules.studies.logic.decoding import exact_match, greedy_decode_mixed
-from modules.studies.logic.training.sequences import OrderedBatches, encode
+from modules.training.decoding import exact_match, greedy_decode_mixed
+from modules.training.sequences import OrderedBatches, encode
 
 BREAKDOWN = ["query_chain", "operator", "source_truth"]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from modules.studies.logic.decoding import right_padded_outputs, teacher_forced_exact_match
 from modules.studies.logic.model import build_logic_model
-from modules.studies.logic.training.sequences import EncodedSequences, answer_loss, source_head, source_loss, training_loss
+from modules.studies.logic.training.sequences import source_head, source_loss
 from modules.studies.logic.training.shared_prefix import shared_prefix_outputs
+from modules.training.decoding import right_padded_outputs, teacher_forced_exact_match
+from modules.training.sequences import EncodedSequences, answer_loss, training_loss
 
 
 class LogicLM(pl.LightningModule):

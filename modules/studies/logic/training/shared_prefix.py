@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modules.studies.logic.training.sequences import EncodedSequences
+from modules.training.sequences import EncodedSequences
 
 
 def shared_prefix_lengths(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from modules.studies.logic.training.sequences import BatchStream
+from modules.training.sequences import BatchStream
 from modules.studies.logic.training.train import TrainConfig, new_logic_module
 
 

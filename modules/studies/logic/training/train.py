@@ -21,8 +21,8 @@ from modules.studies.logic.model import ACTIVATIONS, save_checkpoint
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 from modules.studies.logic.training.module import LogicLM
 from modules.studies.logic.training.shared_prefix import shared_prefix_lengths
-from modules.studies.logic.training.sequences import (BatchStream, EncodedSequences, OrderedBatches, collate_single,
-                                       conclusion_source_targets, encode)
+from modules.studies.logic.training.sequences import conclusion_source_targets
+from modules.training.sequences import BatchStream, EncodedSequences, OrderedBatches, collate_single, encode
 
 
 # Both compute the same function; on sequences of about 30 tokens on a CPU, eager attention's

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any, Mapping
 
 import optuna
@@ -12,32 +12,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from modules.core.tracking import in_project, lightning_logger, tracked_run
 from modules.studies.logic.training.train import TrainConfig, TrainingData, train_logic_model
-
-# name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
-SPACE_KINDS = {"log_float", "float", "choice"}
-
-
-def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
-    known = {f.name for f in fields(TrainConfig) if f.metadata.get("range")}  # the numeric keys
-    for name, spec in space.items():
-        if name not in known:
-            raise ValueError(f"tune.space: {name!r} is not a tunable train key; allowed: {sorted(known)}")
-        kind, values = spec.get("kind"), spec.get("values")
-        if kind not in SPACE_KINDS:
-            raise ValueError(f"tune.space.{name}.kind must be one of {sorted(SPACE_KINDS)}, got {kind!r}")
-        if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
-            raise ValueError(f"tune.space.{name}.values must be [low, high] for {kind}, or a non-empty list for choice")
-
-
-def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    chosen = {}
-    for name, spec in space.items():
-        kind, values = spec["kind"], spec["values"]
-        if kind == "choice":
-            chosen[name] = trial.suggest_categorical(name, values)
-        else:
-            chosen[name] = trial.suggest_float(name, float(values[0]), float(values[1]), log=kind == "log_float")
-    return chosen
+from modules.training.tuning import check_space, suggest
 
 
 def settings_fingerprint(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Any],
@@ -64,7 +39,7 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
     and is resumed with ``load_if_exists``: the same settings resume, other data or settings start a
     new study, so a study never mixes trials whose scores cannot be compared.
     """
-    check_space(space)
+    check_space(space, TrainConfig)
     if n_trials < 1:
         raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
     if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):

@@ -2,11 +2,11 @@ import torch
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from modules.studies.logic.decoding import exact_match, greedy_decode
+from modules.training.decoding import exact_match, greedy_decode
 from modules.engine.adapters import ModelLoadError
 from modules.studies.logic.model import build_logic_model, load_checkpoint, save_checkpoint
 from modules.studies.logic.tokenizer import VOCAB, build_logic_tokenizer
-from modules.studies.logic.training.sequences import answer_loss, answer_loss_mask, encode, prompt_loss, training_loss
+from modules.training.sequences import answer_loss, answer_loss_mask, encode, prompt_loss, training_loss
 
 
 def test_tokenizer_covers_the_compact_vocabulary_and_round_trips(tmp_path):
@@ -81,7 +81,7 @@ def test_encode_writes_prompt_answer_and_eos_then_pads_each_row():
         assert tokenizer.convert_ids_to_tokens(batch.input_ids[row, :len(words)].tolist()) == words
         assert (batch.input_ids[row, len(words):] == tokenizer.pad_token_id).all()
     assert batch.input_ids.shape == (2, max(batch.lengths)) and batch.input_ids.dtype == torch.long
-    with pytest.raises(ValueError, match="'Q!' is not in the logic vocabulary"):
+    with pytest.raises(ValueError, match="'Q!' is not in the vocabulary"):
         encode(tokenizer, ["rules Q! > B . facts A 1 query B"], [""])
 
 
@@ -123,7 +123,7 @@ def test_prompt_loss_reads_prompt_targets_only_and_adds_to_the_answer_loss():
 
 
 def test_inner_answers_of_a_multi_query_prompt_get_the_first_token_weight():
-    from modules.studies.logic.training.sequences import answer_loss_weights
+    from modules.training.sequences import answer_loss_weights
 
     tokenizer = build_logic_tokenizer()
     batch = encode(tokenizer, ["rules A > B . facts A 1 query A answer A query B answer",
@@ -158,7 +158,7 @@ def test_greedy_decode_matches_hf_generate_and_exact_match_scores_it():
 
 
 def test_right_padded_logits_equal_the_unmasked_forward_bit_for_bit():
-    from modules.studies.logic.decoding import right_padded_logits
+    from modules.training.decoding import right_padded_logits
 
     model = build_logic_model(n_layer=2, n_head=2, n_embd=16, seed=0)
     ids = torch.randint(1, model.config.vocab_size, (8, 20), generator=torch.Generator().manual_seed(0))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.studies.logic.decoding import teacher_forced_exact_match
+from modules.training.decoding import teacher_forced_exact_match
 from modules.studies.logic.training.evaluate import breakdown, exact_matches
-from modules.studies.logic.training.sequences import encode
+from modules.training.sequences import encode
 from modules.studies.logic.training.module import LogicLM
 from modules.studies.logic.training.train import TrainConfig, export_model, train_logic_model
 from modules.studies.logic.model import load_checkpoint
@@ -247,7 +247,7 @@ def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
 
 def test_query_twins_share_a_batch_and_other_rows_stream_as_before(small_splits):
     from modules.studies.logic.data import generate_splits
-    from modules.studies.logic.training.sequences import BatchStream
+    from modules.training.sequences import BatchStream
     from modules.studies.logic.training.train import balance_query_chains, rules_and_facts_groups
     train = small_splits["train"]
     data = encode(build_logic_tokenizer(), train.prompt.tolist(), train.answer.tolist())

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from modules.studies.logic.data import splits_from_params
-from modules.studies.logic.decoding import right_padded_outputs
-from modules.studies.logic.training.sequences import EncodedSequences, _take
+from modules.training.decoding import right_padded_outputs
+from modules.training.sequences import EncodedSequences, _take
 from modules.studies.logic.training.shared_prefix import shared_prefix_lengths, shared_prefix_outputs
 from modules.studies.logic.training.train import TrainConfig, TrainingData, new_logic_module
 

@@ -6,7 +6,8 @@ import pytest
 
 from modules.core.tracking import tracked_run
 from modules.studies.logic.training.train import TrainConfig
-from modules.studies.logic.training.tune import check_space, run_study
+from modules.studies.logic.training.tune import run_study
+from modules.training.tuning import check_space
 from tests.studies.logic.training.conftest import TINY
 
 SPACE = {"lr": {"kind": "log_float", "values": [1e-3, 1e-2]}, "batch_size": {"kind": "choice", "values": [16, 32]}}
@@ -103,7 +104,7 @@ def test_workers_sharing_a_study_stop_at_its_trial_budget(small_splits, tmp_path
 ])
 def test_bad_search_space_is_rejected(space, message):
     with pytest.raises(ValueError, match=message):
-        check_space(space)
+        check_space(space, TrainConfig)
 
 
 @pytest.mark.parametrize("timeout_s", [0, -5, "soon"])
