@@ -74,9 +74,9 @@ def padded(suffixes: list[list[int]], rows: list[int], pad: int) -> tuple[torch.
 
 
 def generate_continuations(model, tokenizer, prompts: list[str], max_new: list[int] | int, batch_size: int,
-                           progress: Callable[[str], None] = lambda m: None) -> list[str]:
+                           progress: Callable[[str], None] = lambda m: None, decode: bool = True) -> list:
     """Each prompt's greedy continuation of ``max_new`` tokens (per prompt or one for all), decoded
-    as the tokenizer writes it (special tokens kept)."""
+    as the tokenizer writes it (special tokens kept), or its token ids when not ``decode``."""
     if isinstance(max_new, int):
         max_new = [max_new] * len(prompts)
     enc = encode_rows(model, tokenizer, prompts)
@@ -85,7 +85,7 @@ def generate_continuations(model, tokenizer, prompts: list[str], max_new: list[i
         ids = torch.tensor([enc.suffixes[i] for i in rows])
         tokens = enc.shared.generate(ids, max(max_new[i] for i in rows)).tokens
         for r, i in enumerate(rows):
-            out[i] = tokenizer.decode(tokens[r, :max_new[i]])
+            out[i] = tokenizer.decode(tokens[r, :max_new[i]]) if decode else tokens[r, :max_new[i]].tolist()
         if b % 10 == 0:
             progress(f"generated {sum(o is not None for o in out)} of {len(prompts)} continuations")
     return out

@@ -47,6 +47,16 @@ TINY_ONTOLOGY_PARAMS = {
     "heads": {"shots": 2, "subtasks": [1, 8], "patch_items": 1, "lens_items": 2, "trace_items": 1, "mean_items": 2,
               "circuit_fractions": [0.1, 1.0], "random_sets": 1, "n_boot": 50},
 }
+TINY_HOPPING_PARAMS = {
+    "graph": {"entities": {"person": 24, "city": 6, "work": 10, "company": 6}, "test_size": 20, "ood_fraction": 0.3,
+              "phi": 2.0},
+    "train": {"n_layer": 3, "d_model": 32, "n_head": 2, "max_steps": 40, "val_every": 20, "val_size": 200},
+    "tune": {"n_trials": 2, "trial_max_steps": 10},
+    "evaluate": {"max_queries": 40},
+    "backpatch": {"incorrect_items": 2, "correct_items": 1, "positions": ["t2"], "n_boot": 50},
+    "layers": {"items": 1, "target_stride": 10},
+    "graph_layers": {"items": 1},
+}
 WHEELS = Path("artifacts/downloads/wheels")
 
 
@@ -73,7 +83,7 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
     (dest / "data").mkdir(exist_ok=True)
-    for name in ("logic_benchmark.parquet", "ontology_vocabulary.yaml"):
+    for name in ("logic_benchmark.parquet", "ontology_vocabulary.yaml", "hopping_world.yaml"):
         shutil.copy2(ROOT / "data" / name, dest / "data" / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
@@ -89,6 +99,8 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
                 params["logic_llm"][section][key] = value
     for section, values in TINY_ONTOLOGY_PARAMS.items():
         params["ontology"][section].update(values)
+    for section, values in TINY_HOPPING_PARAMS.items():
+        params["hopping"][section].update(values)
     if (ROOT / WHEELS).is_dir():  # the packaged LMs' wheels, already fetched: linked, not downloaded again
         shutil.copytree(ROOT / WHEELS, dest / WHEELS, copy_function=os.link, dirs_exist_ok=True)
     for dotted, value in overrides.items():

@@ -21,7 +21,7 @@ def scratch_project(tmp_path_factory):
 
 STAGES = ["generate_logic", "validate_logic", "tune_logic", "train_logic@0", "cache_logic_activations@0",
           "evaluate_logic@0", "generate_logic_pairs", "analyze_logic@0", "report_logic", "generate_ontology",
-          "validate_ontology"]
+          "validate_ontology", "generate_hopping", "validate_hopping"]
 LM = "smollm2-135m"
 LLM_STAGES = [f"import_lm@{LM}", "logic_llm_prompts", f"fewshot_logic_llm@{LM}", f"finetune_logic_llm@{LM}",
               f"study_base_logic_llm@{LM}", f"study_finetuned_logic_llm@{LM}", "report_logic_llm"]
@@ -103,6 +103,37 @@ def test_study2_runs_on_the_real_smollm2(repro_project):
     runs = client.search_runs([client.get_experiment_by_name("ontology-cot").experiment_id])
     assert {"generate", "validate", f"behaviour-{LM}", f"heads-{LM}"} <= {r.info.run_name for r in runs}
     assert "Running stage" not in run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env).stdout
+
+
+def test_study3_runs_on_the_graph_model_and_the_real_smollm2(repro_project):
+    """The hopping pipeline on the main pipeline's data: tuning and training the from-scratch model, E0,
+    E5 and E1-E4 on it and on SmolLM2, the report; each an MLflow run of the study's experiment."""
+    project, env, result = repro_project
+    assert (project / "reports/data_docs/hopping/graph/index.html").is_file()
+    assert (project / "reports/data_docs/hopping/world/index.html").is_file()
+    study = run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env, timeout=900)
+    for stage in ("tune_hopping", "train_hopping", "evaluate_hopping_graph", "backpatch_hopping_graph",
+                  "layers_hopping_graph", f"evaluate_hopping@{LM}", f"backpatch_hopping@{LM}", f"layers_hopping@{LM}",
+                  "report_hopping"):
+        assert f"Running stage 'pipelines/hopping/dvc.yaml:{stage}'" in study.stdout
+    model = project / "artifacts/hopping/graph/model"
+    assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
+    evaluated = json.loads((project / f"artifacts/hopping/{LM}/evaluate/evaluate.json").read_text())
+    assert evaluated["all"]["first_hop"]["n"] == 40 and evaluated["queries"] == 40
+    generations = pd.read_csv(project / f"artifacts/hopping/{LM}/backpatch/generations.csv")
+    assert set(generations["position"]) <= {"t2"} and set(generations["kind"]) <= {"back", "identity", "forward",
+                                                                                    "mismatched"}
+    identity = generations[generations["kind"] == "identity"]
+    assert identity["same_as_baseline"].all()      # ℓs = ℓt reproduces the unpatched generation
+    back = generations[generations["kind"] == "back"]
+    assert (back["source_layer"] > back["target_layer"]).all()
+    report = (project / "reports/hopping/README.md").read_text()
+    assert f"## {LM}" in report and "## graph" in report and "| claim | paper | ours | verdict |" in report
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("hopping-too-late").experiment_id])
+    assert {"generate", "validate", "tune", "train", f"evaluate-{LM}", f"backpatch-{LM}", f"layers-{LM}",
+            "evaluate-graph"} <= {r.info.run_name for r in runs}
+    assert "Running stage" not in run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env).stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -32,8 +32,10 @@ from modules.engine.hooks import capture_positions
 from modules.engine.metrics import mean_with_ci
 from modules.engine.patchscope import backpatch_grid, generate_greedy
 from modules.studies.hopping.matching import first_entity_match, mentions
-from modules.studies.hopping.queries import ci, positions
+from modules.studies.hopping.queries import answer_text, ci, positions
 
+RESULT_COLUMNS = ("query_id", "subset", "position", "kind", "source_layer", "target_layer", "generation", "correct",
+                  "strict", "same_as_baseline", "baseline")
 KINDS = ("back", "identity", "forward", "mismatched")
 POSITIONS = ("t1", "t2")
 
@@ -43,7 +45,7 @@ class BackpatchConfig:
     positions: tuple[str, ...] = param(POSITIONS)
     incorrect_items: int = param(16, range=(0, 10**6))   # of the target set (both hops known, two-hop wrong)
     correct_items: int = param(16, range=(0, 10**6))     # of the composition-correct set (damage control)
-    pairs: tuple = param(())       # explicit (ℓs, ℓt) back pairs, each ℓs > ℓt; empty: every ℓs > ℓt
+    pairs: tuple[tuple[int, ...], ...] = param(())  # explicit (ℓs, ℓt) back pairs, each ℓs > ℓt; empty: every ℓs > ℓt
     controls: tuple[str, ...] = param(("identity", "forward", "mismatched"))
     max_new_tokens: int = param(10, range=(1, 256))
     batch_size: int = param(32, range=(1, 4096))
@@ -127,7 +129,7 @@ def run_backpatching(model, tokenizer, queries: pd.DataFrame, evaluated: pd.Data
         where = positions(tokenizer, query.prompt, query.t1_text)
         ids = torch.tensor([where.ids])
         baseline_tokens = generate_greedy(model, ids, config.max_new_tokens).tokens[0]
-        baseline = tokenizer.decode(baseline_tokens)
+        baseline = answer_text(tokenizer, baseline_tokens)
         kinds = ["back", "identity"] if subset[query.query_id] == "correct" else list(pairs)
         for name in config.positions:
             position = where.t1 if name == "t1" else where.t2
@@ -142,7 +144,7 @@ def run_backpatching(model, tokenizer, queries: pd.DataFrame, evaluated: pd.Data
                 tokens = backpatch_grid(model, ids, position, pairs[kind], max_new_tokens=config.max_new_tokens,
                                         source_states=source, batch_size=config.batch_size).tokens
                 for (ls, lt), row_tokens in zip(pairs[kind], tokens):
-                    text = tokenizer.decode(row_tokens)
+                    text = answer_text(tokenizer, row_tokens)
                     rows.append({"query_id": query.query_id, "subset": subset[query.query_id], "position": name,
                                  "kind": kind, "source_layer": ls, "target_layer": lt, "generation": text,
                                  "correct": mentions(text, query.e3_aliases),
@@ -150,7 +152,7 @@ def run_backpatching(model, tokenizer, queries: pd.DataFrame, evaluated: pd.Data
                                  "same_as_baseline": bool(torch.equal(row_tokens, baseline_tokens)),
                                  "baseline": baseline})
         progress(f"back-patched {done + 1} of {len(chosen)} queries")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
 def _oracle(frame: pd.DataFrame, queries: list[str], column: str = "correct") -> dict:

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,12 +27,14 @@ from modules.engine.interventions import knockout
 from modules.engine.lens import sublayer_ranks
 from modules.engine.patchscope import generate_greedy, patchscope_grid
 from modules.studies.hopping.matching import classify_description, mentions
-from modules.studies.hopping.queries import positions
+from modules.studies.hopping.queries import answer_text, positions
 
 # The paper's target prompt (the authors' code), its placeholder the last "x"
 PAPER_TARGET = ("Syria: Syria is a country in the Middle East, Leonardo DiCaprio: Leonardo DiCaprio is an American "
                 "actor, Samsung: Samsung is a South Korean multinational corporation, x")
 CLASSIFIERS = ("paper", "mention")
+# transformers' default sampling (the paper samples with it): top-k 50 at temperature 1
+SAMPLING_TOP_K = 50
 STAGES = ("first_hop_resolved", "info_propagation", "second_hop_resolved", "prediction_extracted")
 
 
@@ -42,7 +45,7 @@ class LayersConfig:
     placeholder: str = param("x")                      # its last occurrence is the patched position
     classifier: str = param("paper", choices=CLASSIFIERS)
     target_stride: int = param(1, range=(1, 1024))     # every k-th target layer (1: the paper's full grid)
-    samples: tuple = param(())                         # sampling seeds (the paper: 0, 1, 2); empty: greedy
+    samples: tuple[int, ...] = param(())                         # sampling seeds (the paper: 0, 1, 2); empty: greedy
     max_new_tokens: int = param(10, range=(1, 256))
     knockout_window: int = param(3, range=(0, 64))     # k: layers ℓ-k .. ℓ+k
     batch_size: int = param(32, range=(1, 4096))
@@ -79,9 +82,10 @@ def patchscope_rows(model, tokenizer, query, config: LayersConfig, target_ids: t
         for seed in (config.samples or (None,)):
             tokens = patchscope_grid(model, torch.tensor([where.ids]), position, target_ids, target_position, pairs,
                                      max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                     sample=seed is not None, seed=seed or 0).tokens
+                                     sample=seed is not None, seed=seed or 0,
+                                     top_k=SAMPLING_TOP_K if seed is not None else None).tokens
             for (ls, lt), row in zip(pairs, tokens):
-                text = tokenizer.decode(row)
+                text = answer_text(tokenizer, row)
                 rows.append({"query_id": query.query_id, "position": name, "source_layer": ls, "target_layer": lt,
                              "seed": -1 if seed is None else int(seed), "generation": text,
                              "class": description_class(text, aliases, config.classifier)})
@@ -93,13 +97,14 @@ def knockout_rows(model, tokenizer, query, config: LayersConfig) -> list[dict]:
     n_layers = get_adapter(model).n_layers
     where = positions(tokenizer, query.prompt, query.t1_text)
     ids = torch.tensor([where.ids])
-    vanilla = tokenizer.decode(generate_greedy(model, ids, config.max_new_tokens).tokens[0])
+    vanilla = answer_text(tokenizer, generate_greedy(model, ids, config.max_new_tokens).tokens[0])
     vanilla_ok = mentions(vanilla, query.e3_aliases)
     rows = []
     for layer in range(n_layers):
         window = range(max(0, layer - config.knockout_window), min(n_layers, layer + config.knockout_window + 1))
         blocked = knockout(model, window, [(where.t2, where.t1)])
-        text = tokenizer.decode(generate_greedy(model, ids, config.max_new_tokens, prompt_contexts=[blocked]).tokens[0])
+        text = answer_text(tokenizer, generate_greedy(model, ids, config.max_new_tokens,
+                                                      prompt_contexts=[blocked]).tokens[0])
         ok = mentions(text, query.e3_aliases)
         rows.append({"query_id": query.query_id, "layer": layer, "generation": text, "vanilla": vanilla,
                      "changed": not ((vanilla_ok and ok) or text == vanilla)})
@@ -112,7 +117,10 @@ def first_tokens(tokenizer, aliases: list[str]) -> list[int]:
     found = []
     for alias in aliases:
         for text in (alias, " " + alias, alias.lower(), " " + alias.lower()):
-            ids = [i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i != bos]
+            try:
+                ids = [i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i != bos]
+            except Exception:  # a closed word-level vocabulary has no lower-case variant: skip it
+                continue
             if ids and ids[0] not in found:
                 found.append(ids[0])
     return found
@@ -125,8 +133,8 @@ def lens_row(model, tokenizer, query) -> dict:
     with torch.no_grad():
         predicted = int(model(input_ids=ids).logits[0, -1].argmax())
     ranks = sublayer_ranks(model, ids, e2 + [predicted], position=where.t2)
-    attn_e2 = (ranks["attn"][:, :len(e2)] == 0).any(1)      # [layers]
-    mlp_pred = ranks["mlp"][:, len(e2)] == 0
+    attn_e2 = (ranks["attn_out"][:, :len(e2)] == 0).any(1)      # [layers]
+    mlp_pred = ranks["mlp_out"][:, len(e2)] == 0
     first = lambda hits: int(hits.nonzero()[0, 0]) if bool(hits.any()) else None  # noqa: E731
     return {"query_id": query.query_id, "attention_e2_layers": attn_e2.nonzero()[:, 0].tolist(),
             "mlp_prediction_layers": mlp_pred.nonzero()[:, 0].tolist(),
@@ -148,11 +156,18 @@ def run_layers(model, tokenizer, queries: pd.DataFrame, evaluated: pd.DataFrame,
         knock += knockout_rows(model, tokenizer, query, config)
         lens.append(lens_row(model, tokenizer, query))
         progress(f"layers: {done + 1} of {len(chosen)} queries")
-    tables = {"patchscope": pd.DataFrame(patch), "knockout": pd.DataFrame(knock), "lens": pd.DataFrame(lens)}
+    tables = {name: pd.DataFrame(rows, columns=list(LAYER_COLUMNS[name]))
+              for name, rows in (("patchscope", patch), ("knockout", knock), ("lens", lens))}
     for frame in tables.values():
-        if len(frame):
-            frame.insert(1, "subset", frame["query_id"].map(subset))
+        frame.insert(1, "subset", frame["query_id"].map(subset))
     return tables
+
+
+LAYER_COLUMNS = {
+    "patchscope": ("query_id", "position", "source_layer", "target_layer", "seed", "generation", "class"),
+    "knockout": ("query_id", "layer", "generation", "vanilla", "changed"),
+    "lens": ("query_id", "attention_e2_layers", "mlp_prediction_layers", "first_attention_e2", "first_mlp_prediction"),
+}
 
 
 def _first_layer(frame: pd.DataFrame, queries: list[str]) -> pd.Series:
@@ -169,8 +184,10 @@ def stage_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     e3_t2 = _first_layer(patch[(patch["position"] == "t2") & (patch["class"] == "e3")], queries)
     changed = _first_layer(knock[knock["changed"]], queries)
     attention = lens["first_attention_e2"].astype(float)
-    propagation = np.nanmean(np.vstack([changed.to_numpy(float), attention.to_numpy(float), e2_t2.to_numpy(float)]), 0) \
-        if queries else []
+    stacked = np.vstack([changed.to_numpy(float), attention.to_numpy(float), e2_t2.to_numpy(float)])
+    with warnings.catch_warnings():  # a query with none of the three is NaN, as in the paper's nanmean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        propagation = np.nanmean(stacked, 0) if queries else []
     return pd.DataFrame({"query_id": queries, "subset": lens["subset"].to_numpy(),
                          "first_hop_resolved": e2_t1.to_numpy(float), "info_propagation": propagation,
                          "second_hop_resolved": e3_t2.to_numpy(float),

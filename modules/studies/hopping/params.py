@@ -24,6 +24,7 @@ class EvaluateParams:
     max_new_tokens: int = param(range=(1, 256))
     batch_size: int = param(range=(1, 4096))
     graph_splits: tuple[str, ...] = param()   # the fictional graph's splits the analyses read
+    max_queries: int = param(range=(0, 10**7))  # the first n queries of the set; 0: all
 
     def __post_init__(self):
         bad = [s for s in self.graph_splits if s not in ("train", "test_id", "test_ood")]

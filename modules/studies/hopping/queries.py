@@ -83,6 +83,15 @@ def traceable(tokenizer, queries: pd.DataFrame) -> tuple[pd.DataFrame, list[str]
     return queries.iloc[keep].reset_index(drop=True), dropped
 
 
+def answer_text(tokenizer, tokens) -> str:
+    """Generated tokens as text, up to the end-of-sequence token: what follows it is not the model's
+    answer (a from-scratch model trained to stop there would otherwise be scored on its rambling)."""
+    tokens = [int(t) for t in tokens]
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens)
+
+
 def evaluate_queries(model, tokenizer, queries: pd.DataFrame, max_new_tokens: int = 10, batch_size: int = 16,
                      progress: Callable[[str], None] = lambda m: None) -> pd.DataFrame:
     """E0: greedy continuations of the first-hop, second-hop and two-hop prompts, scored by the
@@ -90,7 +99,8 @@ def evaluate_queries(model, tokenizer, queries: pd.DataFrame, max_new_tokens: in
     out = queries[["query_id", "split", "e1", "e2", "e3"]].copy()
     for column, gold in (("first_hop", "e2_aliases"), ("second_hop", "e3_aliases"), ("composition", "e3_aliases")):
         prompts = list(queries["prompt" if column == "composition" else f"{column}_prompt"])
-        texts = generate_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        texts = [answer_text(tokenizer, tokens) for tokens in
+                 generate_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, progress, decode=False)]
         out[f"{column}_generation"] = texts
         out[f"{column}_correct"] = [mentions(t, a) for t, a in zip(texts, queries[gold])]
         out[f"{column}_strict"] = [first_entity_match(t, a) for t, a in zip(texts, queries[gold])]

@@ -154,10 +154,12 @@ def study_queries(params: HoppingParams, name: str, data: Path) -> pd.DataFrame:
     from modules.studies.hopping.queries import graph_queries, world_queries
 
     if name == GRAPH_MODEL:
-        return graph_queries(_tables(data), params.evaluate.graph_splits)
-    from modules.studies.hopping.world import load_world
+        queries = graph_queries(_tables(data), params.evaluate.graph_splits)
+    else:
+        from modules.studies.hopping.world import load_world
 
-    return world_queries(load_world(Path(params.world)))
+        queries = world_queries(load_world(Path(params.world)))
+    return queries.head(params.evaluate.max_queries) if params.evaluate.max_queries else queries
 
 
 def evaluate(params: HoppingParams, name: str, data: Path, graph_model: Path | None, out: Path) -> dict:

@@ -184,6 +184,22 @@ def save_graph_model(model, tokenizer, out_dir: Path) -> None:
         write_checksums(tmp)
 
 
+def tuning_fingerprint(tables: Mapping[str, pd.DataFrame], base: GraphTrainConfig, space: Mapping, trial_max_steps: int,
+                       seed: int, objective_set: str) -> str:
+    """Short hash of what a trial's score depends on (data, settings, space, trial length, seed,
+    objective), so a resumed study never mixes trials whose scores cannot be compared."""
+    import hashlib
+    import json
+
+    execution = {"accelerator", "devices", "strategy", "threads"}
+    settings = {k: v for k, v in asdict(base).items() if k not in execution}
+    digest = hashlib.sha256(json.dumps({"train": settings, "space": space, "steps": trial_max_steps, "seed": seed,
+                                        "objective": objective_set}, sort_keys=True, default=str).encode())
+    for prompts in training_pairs(tables):
+        digest.update("\n".join(prompts).encode())
+    return digest.hexdigest()[:10]
+
+
 def tune_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], base: GraphTrainConfig,
                      space: Mapping[str, Mapping[str, Any]], *, n_trials: int, trial_max_steps: int, storage: str,
                      study_name: str, seed: int, mlflow_study: str, objective_set: str = "atomic"):
@@ -199,8 +215,9 @@ def tune_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], base: GraphT
         raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
     if objective_set not in EVAL_SETS:
         raise ValueError(f"tune.objective must be one of {list(EVAL_SETS)}, got {objective_set!r}")
-    study = optuna.create_study(study_name=study_name, storage=in_project(storage), load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    fingerprint = tuning_fingerprint(tables, base, space, trial_max_steps, seed, objective_set)
+    study = optuna.create_study(study_name=f"{study_name}-{fingerprint}", storage=in_project(storage),
+                                load_if_exists=True, direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
 
     def objective(trial: optuna.Trial) -> float:
         config = replace(base, **suggest(trial, space), max_steps=trial_max_steps,
