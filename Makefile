@@ -119,7 +119,7 @@ hopping: setup
 	@dvc metrics show 2>/dev/null
 
 test: setup-dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 benchmark-training: setup
 	$(PY) -m benchmarks.bench_training

@@ -22,6 +22,19 @@ MODEL_KWARGS = dict(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, vocab_size=
 ARCH_KWARGS = {"mistral": dict(sliding_window=5)}
 
 
+# `make test` runs two pytest-xdist workers with --dist loadgroup: every test of a file goes to one
+# worker, so module- and session-scoped fixtures (the tiny pipeline's `dvc repro`) run once; the real-LM
+# tests share one group because their fixture imports the packaged models into the repository's
+# artifacts/, which two workers must not write at once.
+SHARED_GROUPS = {"lms": "real-lms"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = item.path.parent.name
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(folder, str(item.path))))
+
+
 def random_ids(batch: int, seq: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
     """Token ids [batch, seq] drawn from the tiny vocabulary (the last id, <eos>, excluded)."""
     return torch.randint(0, vocab - 1, (batch, seq), generator=torch.Generator().manual_seed(seed))

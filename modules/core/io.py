@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: an interrupted stage leaves nothing DVC would take as done."""
+"""Atomic file and directory writes (an interrupted stage leaves nothing DVC would take as done), and
+the readers of curated YAML files and Parquet table directories, with one-line errors."""
 from __future__ import annotations
 
 import json
@@ -74,3 +75,34 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 def write_yaml(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=True))
+
+
+def read_yaml_mapping(path: str | os.PathLike, keys: tuple[str, ...], error: type[Exception], missing: str) -> dict:
+    """A curated YAML file that must be a mapping with exactly ``keys``; ``error`` (one line) when it
+    is absent (``missing`` says how to get it), not valid YAML (with its place) or other keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"no {missing}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict) or sorted(raw) != sorted(keys):
+        raise error(f"{path}: expected the keys {', '.join(keys)}")
+    return raw
+
+
+def read_parquet_tables(data_dir: str | os.PathLike, names, hint: str) -> dict:
+    """``{name: DataFrame}`` of ``data_dir/<name>.parquet``; a missing table is one line ending in ``hint``."""
+    import pandas as pd
+
+    data_dir = Path(data_dir)
+    frames = {}
+    for name in names:
+        path = data_dir / f"{name}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"no {name} table at {path}; {hint}")
+        frames[name] = pd.read_parquet(path)
+    return frames

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -245,3 +245,14 @@ def log_report(report: ValidationReport, docs_dir: Path) -> None:
     mlflow.log_artifact(str(report.summary_path))
     mlflow.log_artifacts(str(docs_dir), artifact_path="data_docs")
     raise_on_failure(report)
+
+
+def outcomes_by_table(report: ValidationReport) -> dict[str, dict]:
+    """Per table (batch): whether it passed, its rows and each expectation's outcome, for a JSON summary."""
+    tables: dict[str, dict] = {}
+    for outcome in report.outcomes:
+        entry = tables.setdefault(outcome.split, {"success": True, "rows": report.rows[outcome.split],
+                                                  "expectations": []})
+        entry["success"] &= outcome.success
+        entry["expectations"].append({k: v for k, v in asdict(outcome).items() if k != "split"})
+    return tables

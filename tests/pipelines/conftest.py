@@ -44,7 +44,7 @@ TINY_LLM_PARAMS = {
 TINY_ONTOLOGY_PARAMS = {
     "data": {"items": 8, "false_items": 4, "onehop": 2},
     "behaviour": {"items": 6, "shots": 2},
-    "heads": {"shots": 2, "subtasks": [1, 8], "patch_items": 1, "lens_items": 2, "trace_items": 1, "mean_items": 2,
+    "heads": {"shots": 2, "subtasks": [8], "patch_items": 1, "lens_items": 2, "trace_items": 1, "mean_items": 2,
               "circuit_fractions": [0.1, 1.0], "random_sets": 1, "n_boot": 50},
 }
 TINY_HOPPING_PARAMS = {
@@ -53,7 +53,8 @@ TINY_HOPPING_PARAMS = {
     "train": {"n_layer": 3, "d_model": 32, "n_head": 2, "max_steps": 40, "val_every": 20, "val_size": 200},
     "tune": {"n_trials": 2, "trial_max_steps": 10},
     "evaluate": {"max_queries": 40},
-    "backpatch": {"incorrect_items": 2, "correct_items": 1, "positions": ["t2"], "n_boot": 50},
+    "backpatch": {"incorrect_items": 1, "correct_items": 1, "positions": ["t2"], "pairs": [[2, 0], [2, 1]],
+                  "controls": ["identity", "mismatched"], "n_boot": 50},
     "layers": {"items": 1, "target_stride": 10},
     "graph_layers": {"items": 1},
 }
@@ -125,5 +126,5 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
 def repro_project(tmp_path_factory):
     """One full `dvc repro` of the tiny pipeline, shared by the tests that read its results."""
     project, env = make_project(tmp_path_factory.mktemp("project"))
-    result = run(["dvc", "repro"], project, env, timeout=900)
+    result = run(["dvc", "repro"], project, env, timeout=1800)  # two test workers share 2 cores
     return project, env, result

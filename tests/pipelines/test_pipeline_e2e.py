@@ -90,7 +90,7 @@ def test_study2_runs_on_the_real_smollm2(repro_project):
     behaviour = json.loads((project / f"artifacts/ontology/{LM}/behaviour/behaviour.json").read_text())
     assert behaviour["n_items"] == 6 and set(behaviour["subtasks"]) == {str(s) for s in range(10)}
     heads = json.loads((project / f"artifacts/ontology/{LM}/heads/summary.json").read_text())
-    assert heads["n_layers"] == 30 and heads["n_heads"] == 9 and set(heads["subtasks"]) == {"1", "8"}
+    assert heads["n_layers"] == 30 and heads["n_heads"] == 9 and set(heads["subtasks"]) == {"8"}
     analysed = [e for e in heads["subtasks"].values() if e["n_patch"]]
     assert analysed, "no subtask had a correctly predicted example"
     for entry in analysed:
@@ -111,7 +111,7 @@ def test_study3_runs_on_the_graph_model_and_the_real_smollm2(repro_project):
     project, env, result = repro_project
     assert (project / "reports/data_docs/hopping/graph/index.html").is_file()
     assert (project / "reports/data_docs/hopping/world/index.html").is_file()
-    study = run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env, timeout=900)
+    study = run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env, timeout=1800)
     for stage in ("tune_hopping", "train_hopping", "evaluate_hopping_graph", "backpatch_hopping_graph",
                   "layers_hopping_graph", f"evaluate_hopping@{LM}", f"backpatch_hopping@{LM}", f"layers_hopping@{LM}",
                   "report_hopping"):

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from modules.core.io import atomic_write_text
+from modules.core.io import atomic_write_text, read_yaml_mapping
 from modules.studies.hopping.matching import AnswerInPromptError, answer_aliases, check_answer_not_in_prompt
 
 # The paper's 29 relations (rbe templates, as its code words them), then the few we add.
@@ -657,17 +657,8 @@ def write_world(path: Path, relations: Mapping[str, str] = RELATIONS,
 
 def _read_yaml(path: Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise WorldError(f"no hopping query set at {path}; run `dvc pull data.dvc` (or `make setup`)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise WorldError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict) or sorted(raw) != sorted(KEYS):
-        raise WorldError(f"{path}: expected the keys {', '.join(KEYS)}")
-    return raw
+    return read_yaml_mapping(path, KEYS, WorldError,
+                             f"hopping query set at {path}; run `dvc pull data.dvc` (or `make setup`)")
 
 
 def load_world(path: Path) -> pd.DataFrame:

@@ -27,8 +27,8 @@ from modules.studies.ontology.checker import (ITEM_CHECKS, ONEHOP_CHECKS, PROOF_
 from modules.studies.ontology.data.dataset import ONEHOP_CORRUPTIONS, SCHEMAS
 from modules.studies.ontology.data.generator import HOPS, KINDS, ONTOLOGIES, TYPES
 from modules.studies.ontology.vocabulary import CANONICAL, Vocabulary
-from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, read_table, validate_batches,
-                                schema_expectations, share_bounds)
+from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, outcomes_by_table, read_table,
+                                schema_expectations, share_bounds, validate_batches)
 
 # The dataset contract as pandas reads the Parquet files back: the writer's schemas, not a copy.
 COLUMNS: dict[str, dict[str, str]] = {
@@ -168,11 +168,5 @@ def validate_ontology(data_dir: Path, params: Mapping[str, Any] | ValidationPara
 
 
 def summary_dict(report: ValidationReport, params: ValidationParams) -> dict:
-    tables: dict[str, dict] = {}
-    for outcome in report.outcomes:
-        entry = tables.setdefault(outcome.split, {"success": True, "rows": report.rows[outcome.split],
-                                                  "expectations": []})
-        entry["success"] &= outcome.success
-        entry["expectations"].append({k: v for k, v in asdict(outcome).items() if k != "split"})
-    return {"success": report.success, "params": asdict(params), "tables": tables,
+    return {"success": report.success, "params": asdict(params), "tables": outcomes_by_table(report),
             "failures": [f"{o.split}: {o.expectation}" for o in report.failures()]}

@@ -15,7 +15,7 @@ from typing import Mapping
 
 import yaml
 
-from modules.core.io import atomic_write_text
+from modules.core.io import atomic_write_text, read_yaml_mapping
 
 CONCEPTS = ("wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus", "tumpus", "vumpus", "impus", "jompus",
             "gorpus", "shumpus", "lempus", "sterpus", "grimpus", "lorpus", "brimpus")
@@ -106,16 +106,8 @@ def write_vocabulary(path: Path, vocabulary: Vocabulary = CANONICAL) -> Path:
 
 def load_vocabulary(path: Path) -> Vocabulary:
     path = Path(path)
-    if not path.is_file():
-        raise VocabularyError(f"no ontology vocabulary at {path}; run `dvc pull data.dvc` (or `make setup`)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise VocabularyError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(raw, dict) or sorted(raw) != sorted(KEYS):
-        raise VocabularyError(f"{path}: expected the keys {', '.join(KEYS)}")
+    raw = read_yaml_mapping(path, KEYS, VocabularyError,
+                            f"ontology vocabulary at {path}; run `dvc pull data.dvc` (or `make setup`)")
     lists = {k: raw[k] for k in ("concepts", "entities", "nonce")}
     if any(not isinstance(v, list) or not all(isinstance(w, str) for w in v) for v in lists.values()) or \
             not isinstance(raw["properties"], dict) or not isinstance(raw["false_concepts"], dict):

@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modules.core.io import atomic_file
+from modules.core.io import atomic_file, read_parquet_tables
 from modules.core.params import param
 
 ENTITY_TYPES = ("person", "city", "country", "work", "company")
@@ -394,11 +394,4 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path) -> None:
 
 
 def read_tables(data_dir: Path) -> dict[str, pd.DataFrame]:
-    data_dir = Path(data_dir)
-    frames = {}
-    for name in SCHEMAS:
-        path = data_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"no {name} table at {path}; generate the graph first")
-        frames[name] = pd.read_parquet(path)
-    return frames
+    return read_parquet_tables(data_dir, SCHEMAS, "run the generate_hopping stage first")

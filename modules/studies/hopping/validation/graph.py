@@ -36,7 +36,7 @@ from modules.studies.hopping.data.graph import (ANY_TYPE, COPULA, ENTITY_TYPES, 
 from modules.studies.hopping.data.tokenizer import (COPY_FORMAT, build_graph_tokenizer, graph_vocabulary,
                                                     name_token_counts, template_words)
 from modules.validation import (SUMMARY_FORMAT, ValidationReport, check_docs_dir, empty_table_expectation,
-                                read_table, schema_expectations, share_bounds, validate_batches)
+                                outcomes_by_table, read_table, schema_expectations, share_bounds, validate_batches)
 
 # The dataset contract as pandas reads the Parquet files back: the writer's schemas, not a copy.
 COLUMNS: dict[str, dict[str, str]] = {
@@ -329,13 +329,7 @@ def validate_graph(data_dir: Path, settings: Mapping[str, Any] | GraphConfig | G
 
 
 def summary_dict(report: ValidationReport, params: GraphValidationParams, sizes: pd.DataFrame) -> dict:
-    tables: dict[str, dict] = {}
-    for outcome in report.outcomes:
-        entry = tables.setdefault(outcome.split, {"success": True, "rows": report.rows[outcome.split],
-                                                  "expectations": []})
-        entry["success"] &= outcome.success
-        entry["expectations"].append({k: v for k, v in asdict(outcome).items() if k != "split"})
-    return {"success": report.success, "params": asdict(params), "tables": tables,
+    return {"success": report.success, "params": asdict(params), "tables": outcomes_by_table(report),
             "split_sizes": {r["split"]: {"count": int(r["count"]), "expected": int(r["expected"])}
                             for r in sizes.to_dict("records")},
             "failures": [f"{o.split}: {o.expectation}" for o in report.failures()]}

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modules.core.io import atomic_file
+from modules.core.io import atomic_file, read_parquet_tables
 from modules.studies.ontology.data.generator import (Item, GeneratorError, block, check_hops, corruption_site, forms,
                                                      render, replacements, rng, sample_item, source_site, splice,
                                                      subtasks)
@@ -207,12 +207,7 @@ def write_tables(frames: dict[str, pd.DataFrame], out_dir: Path) -> None:
 
 def read_tables(data_dir: Path) -> dict[str, pd.DataFrame]:
     data_dir = Path(data_dir)
-    frames = {}
-    for name in SCHEMAS:
-        path = data_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"no {name} table at {path}; run the generate_ontology stage first")
-        frames[name] = pd.read_parquet(path)
+    frames = read_parquet_tables(data_dir, SCHEMAS, "run the generate_ontology stage first")
     shots = data_dir / "onehop_shots.txt"
     frames["onehop"].attrs["shots"] = shots.read_text().splitlines() if shots.is_file() else []
     return frames
