@@ -103,7 +103,9 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
     for section, values in TINY_HOPPING_PARAMS.items():
         params["hopping"][section].update(values)
     if (ROOT / WHEELS).is_dir():  # the packaged LMs' wheels, already fetched: linked, not downloaded again
-        shutil.copytree(ROOT / WHEELS, dest / WHEELS, copy_function=os.link, dirs_exist_ok=True)
+        # (a test worker may be downloading one meanwhile: its temporary directory is not copied)
+        shutil.copytree(ROOT / WHEELS, dest / WHEELS, copy_function=os.link, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".download-*"))
     for dotted, value in overrides.items():
         node = params["logic"]
         *path, last = dotted.split("__")

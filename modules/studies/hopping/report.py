@@ -169,8 +169,8 @@ def render_report(params: HoppingParams, results: Mapping[str, Mapping], trainin
         if "layers" in result:
             lay = result["layers"]
             lines += ["### Where the hops happen (E1-E4)", "",
-                      f"Run `{lay['mlflow_run_id']}`. Share of knockouts (last -> t1, window ±"
-                      f"{params.layers.get('knockout_window', 3)}) that change the answer, by layer: "
+                      f"Run `{lay['mlflow_run_id']}`. Patchscope target prompt: `{lay['target_prompt']}`. Share of "
+                      f"knockouts (last -> t1, window ±{lay['knockout_window']}) that change the answer, by layer: "
                       + ", ".join(f"{v:.2f}" for v in lay["knockout_changed_by_layer"]) + ".", "",
                       f"![stages](figures/{name}/layers/figures/stages.png)",
                       f"![e2 from t1](figures/{name}/layers/figures/description_t1_e2.png)",

@@ -219,7 +219,7 @@ def backpatch(params: HoppingParams, name: str, data: Path, graph_model: Path | 
         grids = success_grid(table, summary["n_layers"])
         figures = backpatch_figures(grids, name)
         with atomic_dir(out) as tmp:
-            write_results(tmp, summary, {"generations": table}, grids, figures)
+            write_results(tmp, summary, {"generations.csv": table}, grids, figures)
         flat = _rate_metrics(summary)
         mlflow.log_metrics(flat)
         log_json(summary, "backpatch.json")
@@ -272,6 +272,7 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
         stages = stage_table(tables)
         n_layers = model.config.num_hidden_layers
         summary = {"model": name, "n_layers": n_layers, "stages": stage_summary(stages),
+                   "knockout_window": config.knockout_window, "target_prompt": config.target_prompt,
                    "knockout_changed_by_layer": tables["knockout"].groupby("layer")["changed"].mean().tolist()
                    if len(tables["knockout"]) else [],
                    "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
@@ -280,7 +281,8 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
                    for key, grid in grids.items()}
         figures["stages.png"] = stage_boxplot(stages, name)
         with atomic_dir(out) as tmp:
-            write_results(tmp, summary, {**tables, "stages": stages}, grids, figures)
+            write_results(tmp, summary, {f"{key}.csv": frame for key, frame in {**tables, "stages": stages}.items()},
+                          grids, figures)
         log_json(summary, "layers.json")
         for key, frame in {**tables, "stages": stages}.items():
             log_table(frame, f"{key}.csv")
