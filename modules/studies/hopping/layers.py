@@ -171,6 +171,8 @@ LAYER_COLUMNS = {
 
 
 def _first_layer(frame: pd.DataFrame, queries: list[str]) -> pd.Series:
+    if frame.empty:  # no query reaches it (or none was analysed)
+        return pd.Series(np.nan, index=pd.Index(queries, name="query_id"), dtype=float)
     return frame.groupby("query_id")["source_layer" if "source_layer" in frame else "layer"].min().reindex(queries)
 
 
@@ -182,7 +184,7 @@ def stage_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     e2_t1 = _first_layer(patch[(patch["position"] == "t1") & (patch["class"] == "e2")], queries)
     e2_t2 = _first_layer(patch[(patch["position"] == "t2") & (patch["class"] == "e2")], queries)
     e3_t2 = _first_layer(patch[(patch["position"] == "t2") & (patch["class"] == "e3")], queries)
-    changed = _first_layer(knock[knock["changed"]], queries)
+    changed = _first_layer(knock[knock["changed"].astype(bool)], queries)
     attention = lens["first_attention_e2"].astype(float)
     stacked = np.vstack([changed.to_numpy(float), attention.to_numpy(float), e2_t2.to_numpy(float)])
     with warnings.catch_warnings():  # a query with none of the three is NaN, as in the paper's nanmean

@@ -104,3 +104,13 @@ def test_a_source_position_inside_a_token_is_refused():
     tokenizer = vocabulary_tokenizer("the spouse of performer Zor Takalis".split())
     with pytest.raises(QueryError, match="no token of .* ends where 'the performer of Zor Takal' does"):
         positions(tokenizer, "the spouse of the performer of Zor Takalis", "the performer of Zor Takal")
+
+
+def test_stage_table_of_a_subset_with_no_query_is_empty_not_an_error():
+    import pandas as pd
+
+    from modules.studies.hopping.layers import LAYER_COLUMNS, stage_summary, stage_table
+
+    tables = {name: pd.DataFrame(columns=["query_id", "subset", *columns[1:]]) for name, columns in LAYER_COLUMNS.items()}
+    stages = stage_table(tables)
+    assert stages.empty and stage_summary(stages)["first_hop_resolved"]["correct"]["n"] == 0
