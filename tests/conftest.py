@@ -27,12 +27,23 @@ ARCH_KWARGS = {"mistral": dict(sliding_window=5)}
 # tests share one group because their fixture imports the packaged models into the repository's
 # artifacts/, which two workers must not write at once.
 SHARED_GROUPS = {"lms": "real-lms"}
+# Groups handed out first, longest first (xdist gives a worker its next group when it is nearly idle):
+# the end-to-end pipeline runs take most of the suite's time, and started last they would finish alone.
+LONGEST_FIRST = ["tests/pipelines/test_pipeline_e2e.py", "tests/pipelines/test_study3_e2e.py",
+                 "tests/pipelines/test_study2_e2e.py", "real-lms", "tests/pipelines/test_routing_recipe.py",
+                 "tests/pipelines/test_bad_input.py"]
+
+
+def group_of(item) -> str:
+    group = SHARED_GROUPS.get(item.path.parent.name)
+    return group or str(item.path.relative_to(item.config.rootpath))
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
     for item in items:
-        folder = item.path.parent.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(folder, str(item.path))))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    items.sort(key=lambda item: rank.get(group_of(item), len(rank)))  # stable: file order kept within
 
 
 def random_ids(batch: int, seq: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:

@@ -77,65 +77,6 @@ def test_the_llm_half_runs_on_the_real_smollm2(repro_project):
     assert [r.info.run_name for r in imports] == [f"import-{LM}"]
 
 
-def test_study2_runs_on_the_real_smollm2(repro_project):
-    """The ontology pipeline on the main pipeline's data and imported model: behaviour, the head
-    analyses of two subtasks, the report; each an MLflow run of the study's experiment."""
-    project, env, result = repro_project
-    assert (project / "reports/data_docs/ontology/index.html").is_file()
-    items = pd.read_parquet(project / "artifacts/ontology/data/items.parquet")
-    assert len(items) == 12 and items["label"].mean() == 0.5
-    study = run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env, timeout=900)
-    for stage in (f"behaviour_ontology@{LM}", f"heads_ontology@{LM}", "report_ontology"):
-        assert f"Running stage 'pipelines/ontology/dvc.yaml:{stage}'" in study.stdout
-    behaviour = json.loads((project / f"artifacts/ontology/{LM}/behaviour/behaviour.json").read_text())
-    assert behaviour["n_items"] == 6 and set(behaviour["subtasks"]) == {str(s) for s in range(10)}
-    heads = json.loads((project / f"artifacts/ontology/{LM}/heads/summary.json").read_text())
-    assert heads["n_layers"] == 30 and heads["n_heads"] == 9 and set(heads["subtasks"]) == {"8"}
-    analysed = [e for e in heads["subtasks"].values() if e["n_patch"]]
-    assert analysed, "no subtask had a correctly predicted example"
-    for entry in analysed:
-        assert -1.5 <= entry["top_patching"][0]["score"] <= 1.5 and entry["sufficiency"]["curve"][-1]["agreement"] == 1.0
-    tensors = load_file(project / f"artifacts/ontology/{LM}/heads/tensors.safetensors")
-    assert tensors["trace_context_share"].shape == (30,)
-    report = (project / "reports/ontology/README.md").read_text()
-    assert f"## {LM}" in report and "| claim | paper (Llama-2-7B) | ours | verdict |" in report
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("ontology-cot").experiment_id])
-    assert {"generate", "validate", f"behaviour-{LM}", f"heads-{LM}"} <= {r.info.run_name for r in runs}
-    assert "Running stage" not in run(["dvc", "repro", "pipelines/ontology/dvc.yaml"], project, env).stdout
-
-
-def test_study3_runs_on_the_graph_model_and_the_real_smollm2(repro_project):
-    """The hopping pipeline on the main pipeline's data: tuning and training the from-scratch model, E0,
-    E5 and E1-E4 on it and on SmolLM2, the report; each an MLflow run of the study's experiment."""
-    project, env, result = repro_project
-    assert (project / "reports/data_docs/hopping/graph/index.html").is_file()
-    assert (project / "reports/data_docs/hopping/world/index.html").is_file()
-    study = run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env, timeout=1800)
-    for stage in ("tune_hopping", "train_hopping", "evaluate_hopping_graph", "backpatch_hopping_graph",
-                  "layers_hopping_graph", f"evaluate_hopping@{LM}", f"backpatch_hopping@{LM}", f"layers_hopping@{LM}",
-                  "report_hopping"):
-        assert f"Running stage 'pipelines/hopping/dvc.yaml:{stage}'" in study.stdout
-    model = project / "artifacts/hopping/graph/model"
-    assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
-    evaluated = json.loads((project / f"artifacts/hopping/{LM}/evaluate/evaluate.json").read_text())
-    assert evaluated["all"]["first_hop"]["n"] == 40 and evaluated["queries"] == 40
-    generations = pd.read_csv(project / f"artifacts/hopping/{LM}/backpatch/generations.csv")
-    assert set(generations["position"]) <= {"t2"} and set(generations["kind"]) <= {"back", "identity", "forward",
-                                                                                    "mismatched"}
-    identity = generations[generations["kind"] == "identity"]
-    assert identity["same_as_baseline"].all()      # ℓs = ℓt reproduces the unpatched generation
-    back = generations[generations["kind"] == "back"]
-    assert (back["source_layer"] > back["target_layer"]).all()
-    report = (project / "reports/hopping/README.md").read_text()
-    assert f"## {LM}" in report and "## graph" in report and "| claim | paper | ours | verdict |" in report
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("hopping-too-late").experiment_id])
-    assert {"generate", "validate", "tune", "train", f"evaluate-{LM}", f"backpatch-{LM}", f"layers-{LM}",
-            "evaluate-graph"} <= {r.info.run_name for r in runs}
-    assert "Running stage" not in run(["dvc", "repro", "pipelines/hopping/dvc.yaml"], project, env).stdout
-
-
 @pytest.mark.parametrize("args,message", [
     (["--model", "gpt5-nano"], "error: --model gpt5-nano is not in params.yaml logic_llm.models ['smollm2-135m']"),
     (["--model", LM, "--label", "tuned"], "error: --label must be one of base, finetuned, got 'tuned'"),

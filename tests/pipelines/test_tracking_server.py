@@ -1,10 +1,8 @@
 """Stages log to a real `mlflow server` on 127.0.0.1, and `mlflow run` drives the MLproject."""
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest

@@ -10,7 +10,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from modules.analysis.generation import encode_rows, generate_continuations, length_batches, padded
+from modules.analysis.generation import encode, encode_rows, generate_continuations, length_batches, padded
 from modules.core.params import load, param
 from modules.engine.metrics import wilson_ci
 from modules.engine.patchscope import suppressed_tokens
