@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -116,6 +116,26 @@ ontology: setup
 # checks and model import first when they are not current.
 hopping: setup
 	dvc repro pipelines/hopping/dvc.yaml
+	@dvc metrics show 2>/dev/null
+
+# Study 3 at the CPU size on both packaged models (the DVC experiment hopping-cpu-both, reported in
+# reports/hopping_both; a model is imported by the main pipeline's import_lm when it is in logic_llm.models).
+HOPPING_MODELS ?= [smollm2-135m,gemma3-270m]
+hopping-both: setup
+	dvc exp run -n hopping-cpu-both -S 'logic_llm.models=$(HOPPING_MODELS)' -S 'hopping.models=$(HOPPING_MODELS)' \
+	  -S hopping.report_dir=reports/hopping_both pipelines/hopping/dvc.yaml
+	@dvc metrics show 2>/dev/null
+
+# Study 3 at full size (docs/hopping/study.md): every query of each model's target set and 100 it gets
+# right for back-patching, every target layer of the Patchscope grid sampled with the paper's three
+# seeds, 100 queries a subset for E1-E4; a day on 2 CPU cores, an hour or two on a GPU.
+HOPPING_FULL_PARAMS := -S 'logic_llm.models=$(HOPPING_MODELS)' -S 'hopping.models=$(HOPPING_MODELS)' \
+  -S hopping.backpatch.incorrect_items=100000 -S hopping.backpatch.correct_items=100 -S hopping.layers.items=100 \
+  -S hopping.layers.target_stride=1 -S 'hopping.layers.samples=[0,1,2]' -S hopping.graph_layers.items=100 \
+  -S hopping.report_dir=reports/hopping_full
+hopping-full: setup
+	dvc exp run --temp -n hopping-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(HOPPING_MODELS)))) $(HOPPING_FULL_PARAMS) \
+	  pipelines/hopping/dvc.yaml:report_hopping
 	@dvc metrics show 2>/dev/null
 
 test: setup-dev

@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: each (and every stage subprocess it starts, which
+    # inherits this) takes one thread, as two-thread processes on both would oversubscribe the cores
+    # and spin-wait in OpenMP. Set before torch is first imported.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

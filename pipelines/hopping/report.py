@@ -7,8 +7,9 @@ from modules.studies.hopping.stages import report
 
 
 def main() -> None:
-    args = stage_args(__doc__, "root", "training", "out")
-    print(f"wrote {report(hopping_params(), Path(args.root), Path(args.training), Path(args.out))}")
+    args = stage_args(__doc__, "root", "out", training={"default": None},
+                      gpu={"action": "store_true", "help": "report hopping.gpu.models (the 7B run)"})
+    print(f"wrote {report(hopping_params(), Path(args.root), Path(args.training) if args.training else None, Path(args.out), args.gpu)}")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def description_class(text: str, aliases: dict[str, list[str]], classifier: str)
 
 
 def patchscope_rows(model, tokenizer, query, config: LayersConfig, target_ids: torch.Tensor,
-                    target_position: int) -> list[dict]:
+                    target_position: int, target_generation: str) -> list[dict]:
     n_layers = get_adapter(model).n_layers
     targets = list(range(0, n_layers, config.target_stride))
     pairs = [(s, t) for s in range(n_layers) for t in targets]
@@ -88,7 +88,8 @@ def patchscope_rows(model, tokenizer, query, config: LayersConfig, target_ids: t
                 text = answer_text(tokenizer, row)
                 rows.append({"query_id": query.query_id, "position": name, "source_layer": ls, "target_layer": lt,
                              "seed": -1 if seed is None else int(seed), "generation": text,
-                             "class": description_class(text, aliases, config.classifier)})
+                             "class": description_class(text, aliases, config.classifier),
+                             "same_as_target": text == target_generation})
     return rows
 
 
@@ -141,6 +142,13 @@ def lens_row(model, tokenizer, query) -> dict:
             "first_attention_e2": first(attn_e2), "first_mlp_prediction": first(mlp_pred)}
 
 
+def target_continuation(model, tokenizer, config: LayersConfig) -> str:
+    """The target prompt's own greedy continuation: a readout whose patched generations all equal it
+    carries nothing of the patched state (the control behind :func:`readout_summary`)."""
+    ids = torch.tensor([tokenizer(config.target_prompt)["input_ids"]])
+    return answer_text(tokenizer, generate_greedy(model, ids, config.max_new_tokens).tokens[0])
+
+
 def run_layers(model, tokenizer, queries: pd.DataFrame, evaluated: pd.DataFrame, config: LayersConfig,
                progress: Callable[[str], None] = lambda m: None) -> dict[str, pd.DataFrame]:
     """E1-E3's long tables for up to ``config.items`` queries of each subset."""
@@ -150,9 +158,10 @@ def run_layers(model, tokenizer, queries: pd.DataFrame, evaluated: pd.DataFrame,
     target = tokenizer(config.target_prompt)["input_ids"]
     target_position = placeholder_position(tokenizer, config.target_prompt, config.placeholder)
     target_ids = torch.tensor([target])
+    target_generation = target_continuation(model, tokenizer, config)
     patch, knock, lens = [], [], []
     for done, query in enumerate(chosen.itertuples()):
-        patch += patchscope_rows(model, tokenizer, query, config, target_ids, target_position)
+        patch += patchscope_rows(model, tokenizer, query, config, target_ids, target_position, target_generation)
         knock += knockout_rows(model, tokenizer, query, config)
         lens.append(lens_row(model, tokenizer, query))
         progress(f"layers: {done + 1} of {len(chosen)} queries")
@@ -164,7 +173,8 @@ def run_layers(model, tokenizer, queries: pd.DataFrame, evaluated: pd.DataFrame,
 
 
 LAYER_COLUMNS = {
-    "patchscope": ("query_id", "position", "source_layer", "target_layer", "seed", "generation", "class"),
+    "patchscope": ("query_id", "position", "source_layer", "target_layer", "seed", "generation", "class",
+                   "same_as_target"),
     "knockout": ("query_id", "layer", "generation", "vanilla", "changed"),
     "lens": ("query_id", "attention_e2_layers", "mlp_prediction_layers", "first_attention_e2", "first_mlp_prediction"),
 }
@@ -210,6 +220,16 @@ def description_grids(patch: pd.DataFrame, n_layers: int) -> dict[str, torch.Ten
                 grid[int(ls), int(lt)] = float(value)
         grids[f"description_{position}_{entity}"] = grid
     return grids
+
+
+def readout_summary(patch: pd.DataFrame) -> dict:
+    """How often a patched Patchscope generation differs from the target prompt's own (Wilson CI over
+    generations, which share queries): near zero, the readout cannot show where an entity is decodable."""
+    from modules.studies.hopping.queries import ci
+
+    changed = int((~patch["same_as_target"].astype(bool)).sum())
+    return {"changed": ci(changed, len(patch)) if len(patch) else {"k": 0, "n": 0},
+            "queries": int(patch["query_id"].nunique())}
 
 
 def stage_summary(stages: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:

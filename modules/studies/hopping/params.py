@@ -34,6 +34,14 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class GpuParams:
+    """The 7B models' run (pipelines/llm/dvc.yaml, GPU hosts): the same stages and settings as
+    ``models``, its own outputs (artifacts/hopping_gpu) and report."""
+    models: tuple[str, ...] = param()   # names in params.yaml lms, loaded by path (never imported)
+    report_dir: str = param()
+
+
+@dataclass(frozen=True)
 class HoppingParams:
     world: str = param()            # data/hopping_world.yaml (data.dvc)
     graph: dict = param()           # GraphConfig's
@@ -47,8 +55,11 @@ class HoppingParams:
     layers: dict = param()          # LayersConfig's, for the pretrained models
     graph_layers: dict = param()    # overrides of ``layers`` for the from-scratch model
     report_dir: str = param()
+    gpu: GpuParams = param()
 
     def __post_init__(self):
+        if len(set(self.gpu.models)) != len(self.gpu.models) or GRAPH_MODEL in self.gpu.models:
+            raise ValueError(f"gpu.models must be distinct names of params.yaml lms, got {list(self.gpu.models)}")
         if len(set(self.models)) != len(self.models) or GRAPH_MODEL in self.models:
             raise ValueError(f"models must be distinct names of params.yaml lms (the {GRAPH_MODEL!r} model always "
                              f"runs), got {list(self.models)}")
@@ -59,5 +70,6 @@ def hopping_params() -> HoppingParams:
 
 
 def check_model_listed(params: HoppingParams, name: str) -> None:
-    if name != GRAPH_MODEL and name not in params.models:
-        raise ParamsError(f"--model {name} is not in params.yaml hopping.models {list(params.models)}")
+    if name != GRAPH_MODEL and name not in params.models and name not in params.gpu.models:
+        raise ParamsError(f"--model {name} is not in params.yaml hopping.models {list(params.models)} "
+                          f"or hopping.gpu.models {list(params.gpu.models)}")

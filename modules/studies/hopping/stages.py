@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -254,8 +254,8 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
            out: Path) -> dict:
     """E1-E4 on the named model: the description Patchscope grid, knockout, sublayer lens, stages."""
     from modules.analysis.outputs import write_results
-    from modules.studies.hopping.layers import (LayersConfig, description_grids, run_layers, stage_summary,
-                                                stage_table)
+    from modules.studies.hopping.layers import (LayersConfig, description_grids, readout_summary, run_layers,
+                                                stage_summary, stage_table, target_continuation)
     from modules.studies.hopping.queries import traceable
     from modules.studies.hopping.report import layer_heatmap, stage_boxplot
 
@@ -273,6 +273,7 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
         n_layers = model.config.num_hidden_layers
         summary = {"model": name, "n_layers": n_layers, "stages": stage_summary(stages),
                    "knockout_window": config.knockout_window, "target_prompt": config.target_prompt,
+                   "target_generation": target_continuation(model, tokenizer, config), "readout": readout_summary(tables["patchscope"]),
                    "knockout_changed_by_layer": tables["knockout"].groupby("layer")["changed"].mean().tolist()
                    if len(tables["knockout"]) else [],
                    "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
@@ -291,14 +292,15 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
     return summary
 
 
-def report(params: HoppingParams, root: Path, train_metrics: Path | None, out: Path) -> Path:
-    """reports/hopping/README.md and its figures, from every model's outputs under ``root``."""
+def report(params: HoppingParams, root: Path, train_metrics: Path | None, out: Path, gpu: bool = False) -> Path:
+    """reports/hopping/README.md and its figures, from every model's outputs under ``root``: the
+    from-scratch model and ``models``, or with ``gpu`` the 7B models of ``gpu.models``."""
     import shutil
 
     from modules.studies.hopping.report import render_report
 
     results: dict = {}
-    for name in (GRAPH_MODEL, *params.models):
+    for name in (params.gpu.models if gpu else (GRAPH_MODEL, *params.models)):
         entry = {}
         for part, file in (("evaluate", "evaluate/evaluate.json"), ("backpatch", "backpatch/summary.json"),
                            ("layers", "layers/summary.json")):
@@ -315,5 +317,5 @@ def report(params: HoppingParams, root: Path, train_metrics: Path | None, out: P
                 figures = root / name / part / "figures"
                 if figures.is_dir():
                     shutil.copytree(figures, tmp / "figures" / name / part)
-        (tmp / "README.md").write_text(render_report(params, results, training))
+        (tmp / "README.md").write_text(render_report(params, results, training, gpu))
     return out / "README.md"

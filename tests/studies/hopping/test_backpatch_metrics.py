@@ -114,3 +114,33 @@ def test_stage_table_of_a_subset_with_no_query_is_empty_not_an_error():
     tables = {name: pd.DataFrame(columns=["query_id", "subset", *columns[1:]]) for name, columns in LAYER_COLUMNS.items()}
     stages = stage_table(tables)
     assert stages.empty and stage_summary(stages)["first_hop_resolved"]["correct"]["n"] == 0
+
+
+def _layers_summary(changed: int, total: int) -> dict:
+    from modules.studies.hopping.layers import readout_summary
+
+    patch = pd.DataFrame({"query_id": [f"q{i % 4}" for i in range(total)],
+                          "same_as_target": [i >= changed for i in range(total)]})
+    entry = {"correct": {"n_reached": 3, "n": 4, "median": 2.0, "mean": 2.0},
+             "incorrect": {"n_reached": 3, "n": 4, "median": 5.0, "mean": 5.0}}
+    return {"readout": readout_summary(patch), "stages": {"first_hop_resolved": entry, "second_hop_resolved":
+                                                          {**entry, "correct": {**entry["correct"], "median": 4.0}}}}
+
+
+def test_a_readout_that_ignores_the_patched_state_makes_e1_claims_not_testable():
+    from modules.studies.hopping.report import E1_CLAIMS, _claims
+
+    dead = _claims("graph", {"layers": _layers_summary(0, 200)}, n_layers=6)   # CI upper bound 1.9%
+    assert dead[0][0].startswith("(control) the Patchscope readout") and dead[0][3].startswith("uninformative")
+    assert "n = 200" in dead[0][2]
+    assert [row[0] for row in dead[1:]] == [claim for claim, _ in E1_CLAIMS]
+    assert {row[3] for row in dead[1:]} == {"not testable"}
+    live = _claims("smollm2", {"layers": _layers_summary(30, 40)}, n_layers=30)
+    assert live[0][3] == "informative"
+    assert [row[3] for row in live[1:3]] == ["consistent", "consistent"]   # e2 at layer 2 of 30, e3 later
+
+
+def test_readout_summary_counts_generations_that_differ_from_the_target_prompts_own():
+    summary = _layers_summary(3, 40)["readout"]
+    assert summary["changed"]["k"] == 3 and summary["changed"]["n"] == 40 and summary["queries"] == 4
+    assert summary["changed"]["ci_low"] < 3 / 40 < summary["changed"]["ci_high"]
