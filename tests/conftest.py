@@ -31,20 +31,19 @@ ARCH_KWARGS = {"mistral": dict(sliding_window=5)}
 
 
 # `make test` runs two pytest-xdist workers with --dist loadgroup: every test of a file goes to one
-# worker, so module- and session-scoped fixtures (the tiny pipeline's `dvc repro`) run once; the real-LM
-# tests share one group because their fixture imports the packaged models into the repository's
-# artifacts/, which two workers must not write at once.
-SHARED_GROUPS = {"lms": "real-lms"}
-# Groups handed out first, longest first (xdist gives a worker its next group when it is nearly idle):
-# the end-to-end pipeline runs take most of the suite's time, and started last they would finish alone.
+# worker, so module- and session-scoped fixtures (a tiny pipeline's `dvc repro`) run once. Groups are
+# handed out longest first (xdist gives a worker its next group when it is nearly idle): the end-to-end
+# pipeline runs and the real-LM files take most of the suite's time, and started last they would
+# finish alone.
 LONGEST_FIRST = ["tests/pipelines/test_pipeline_e2e.py", "tests/pipelines/test_study3_e2e.py",
-                 "tests/pipelines/test_study2_e2e.py", "real-lms", "tests/pipelines/test_routing_recipe.py",
-                 "tests/pipelines/test_bad_input.py"]
+                 "tests/lms/test_behaviour.py", "tests/pipelines/test_routing_recipe.py",
+                 "tests/pipelines/test_study2_e2e.py", "tests/lms/test_engine_real.py",
+                 "tests/pipelines/test_bad_input.py", "tests/studies/logic/test_logic_llm_pipeline.py",
+                 "tests/lms/test_gpu_entry.py", "tests/studies/logic/training/test_logic_training.py"]
 
 
 def group_of(item) -> str:
-    group = SHARED_GROUPS.get(item.path.parent.name)
-    return group or str(item.path.relative_to(item.config.rootpath))
+    return str(item.path.relative_to(item.config.rootpath))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -175,3 +175,22 @@ def apply_overrides(tree: dict, assignments: list[str], root: str, allowed: tupl
             node = node[part]
         node[path[-1]] = yaml.safe_load(value)
     return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuRun:
+    """A study's run on 7B models (its stages in pipelines/llm/dvc.yaml, for GPU hosts): names of
+    params.yaml lms, each loaded from its local path, and the run's own report directory."""
+    models: tuple[str, ...] = param()
+    report_dir: str = param()
+
+    def __post_init__(self):
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"gpu.models must be distinct names of params.yaml lms, got {list(self.models)}")
+
+
+def check_model_listed(name: str, section_name: str, models, gpu: GpuRun) -> None:
+    """One line unless ``name`` is in the study's ``models`` or its ``gpu.models``."""
+    if name not in models and name not in gpu.models:
+        raise ParamsError(f"--model {name} is not in params.yaml {section_name}.models {list(models)} "
+                          f"or {section_name}.gpu.models {list(gpu.models)}")

@@ -1,11 +1,16 @@
-"""An Optuna search space in params.yaml, checked against a training config's tunable keys and
-sampled per trial: shared by every study that tunes a training run."""
+"""Tuning shared by every study that tunes a training run: an Optuna search space in params.yaml,
+checked against a training config's tunable keys and sampled per trial; the study in its RDB storage,
+resumed to its trial budget; one nested MLflow run a trial, the run and the trial naming each other."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import mlflow
 import optuna
+
+from modules.core.tracking import in_project, tracked_run
 
 # name -> (kind, values): "log_float" [low, high], "float" [low, high], "choice" [options...]
 SPACE_KINDS = {"log_float", "float", "choice"}
@@ -37,3 +42,42 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
         else:
             chosen[name] = trial.suggest_float(name, float(values[0]), float(values[1]), log=kind == "log_float")
     return chosen
+
+
+def open_study(name: str, storage: str, seed: int, metric: str, pruner: optuna.pruners.BasePruner | None = None
+               ) -> optuna.Study:
+    """The study ``name`` in ``storage`` (any SQLAlchemy URL; a relative sqlite path is read from the
+    project root), created or resumed with its trials, maximising ``metric`` (the objective's name in
+    the dashboard). The active MLflow run, if any, is tagged with the study's name and storage."""
+    study = optuna.create_study(study_name=name, storage=in_project(storage), load_if_exists=True,
+                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    study.set_metric_names([metric])
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({"optuna_study": name, "optuna_storage": storage})
+    return study
+
+
+@contextmanager
+def trial_run(study: optuna.Study, trial: optuna.Trial, mlflow_study: str, params: Mapping[str, Any]
+              ) -> Iterator[mlflow.ActiveRun]:
+    """The trial's nested MLflow run ``tune-trial-<n>``, tagged with the study's full name and the
+    trial's number; the trial records the run's id (``mlflow_run_id``), so each finds the other."""
+    with tracked_run(mlflow_study, f"tune-trial-{trial.number}", params, nested=True,
+                     tags={"optuna_study": study.study_name, "optuna_trial": str(trial.number)}) as run:
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        yield run
+
+
+def optimize_to_budget(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+                       timeout_s: float | None = None) -> optuna.Study:
+    """Run trials until the study holds ``n_trials`` finished ones, counting those of earlier runs
+    and of other workers on the same storage (each may finish the trial it has started): an
+    interrupted study resumes with only the missing trials."""
+    if n_trials < 1:
+        raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(),
+                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)])
+    return study

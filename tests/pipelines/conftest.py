@@ -55,7 +55,7 @@ TINY_HOPPING_PARAMS = {
     "evaluate": {"max_queries": 40},
     "backpatch": {"incorrect_items": 1, "correct_items": 1, "positions": ["t2"], "pairs": [[2, 0], [2, 1]],
                   "controls": ["identity", "mismatched"], "n_boot": 50},
-    "layers": {"items": 1, "target_stride": 10},
+    "layers": {"items": 1, "target_stride": 15},
     "graph_layers": {"items": 1},
 }
 WHEELS = Path("artifacts/downloads/wheels")
@@ -124,9 +124,13 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
     return dest, env
 
 
+def repro_in_copy(tmp_path_factory, name: str, *targets: str, timeout: int = 1800):
+    """(project, env, result) of `dvc repro <targets>` in a fresh tiny project copy."""
+    project, env = make_project(tmp_path_factory.mktemp(name))
+    return project, env, run(["dvc", "repro", *targets], project, env, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def repro_project(tmp_path_factory):
     """One full `dvc repro` of the tiny pipeline, shared by the tests that read its results."""
-    project, env = make_project(tmp_path_factory.mktemp("project"))
-    result = run(["dvc", "repro"], project, env, timeout=1800)  # two test workers share 2 cores
-    return project, env, result
+    return repro_in_copy(tmp_path_factory, "project")  # the timeout: two test workers share 2 cores

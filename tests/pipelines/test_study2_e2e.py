@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from tests.pipelines.conftest import make_project, run
+from tests.pipelines.conftest import repro_in_copy, run
 
 LM = "smollm2-135m"
 PIPELINE = "pipelines/ontology/dvc.yaml"
@@ -16,8 +16,7 @@ PIPELINE = "pipelines/ontology/dvc.yaml"
 
 @pytest.fixture(scope="module")
 def ontology_project(tmp_path_factory):
-    project, env = make_project(tmp_path_factory.mktemp("ontology"))
-    return project, env, run(["dvc", "repro", PIPELINE], project, env, timeout=1200)
+    return repro_in_copy(tmp_path_factory, "ontology", PIPELINE, timeout=1200)
 
 
 def test_study2_runs_on_the_real_smollm2(ontology_project):

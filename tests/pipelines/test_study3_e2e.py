@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.pipelines.conftest import make_project, run
+from tests.pipelines.conftest import repro_in_copy, run
 
 LM = "smollm2-135m"
 PIPELINE = "pipelines/hopping/dvc.yaml"
@@ -16,8 +16,7 @@ PIPELINE = "pipelines/hopping/dvc.yaml"
 
 @pytest.fixture(scope="module")
 def hopping_project(tmp_path_factory):
-    project, env = make_project(tmp_path_factory.mktemp("hopping"))
-    return project, env, run(["dvc", "repro", PIPELINE], project, env, timeout=1800)
+    return repro_in_copy(tmp_path_factory, "hopping", PIPELINE, timeout=1800)
 
 
 def test_study3_runs_on_the_graph_model_and_the_real_smollm2(hopping_project):

@@ -19,7 +19,7 @@ Every rate has its n and a CI (Wilson for shares of queries, a bootstrap over qu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.core.params import ParamsError, load, param, section
+from modules.core.params import GpuRun, load, param, section
+from modules.core.params import check_model_listed as check_listed
 
 GRAPH_MODEL = "graph"   # the from-scratch model's name in ``models``; every other name is in params.yaml lms
 
@@ -34,14 +35,6 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
-class GpuParams:
-    """The 7B models' run (pipelines/llm/dvc.yaml, GPU hosts): the same stages and settings as
-    ``models``, its own outputs (artifacts/hopping_gpu) and report."""
-    models: tuple[str, ...] = param()   # names in params.yaml lms, loaded by path (never imported)
-    report_dir: str = param()
-
-
-@dataclass(frozen=True)
 class HoppingParams:
     world: str = param()            # data/hopping_world.yaml (data.dvc)
     graph: dict = param()           # GraphConfig's
@@ -55,11 +48,11 @@ class HoppingParams:
     layers: dict = param()          # LayersConfig's, for the pretrained models
     graph_layers: dict = param()    # overrides of ``layers`` for the from-scratch model
     report_dir: str = param()
-    gpu: GpuParams = param()
+    gpu: GpuRun = param()   # the 7B run: same stages and settings, its own outputs and report
 
     def __post_init__(self):
-        if len(set(self.gpu.models)) != len(self.gpu.models) or GRAPH_MODEL in self.gpu.models:
-            raise ValueError(f"gpu.models must be distinct names of params.yaml lms, got {list(self.gpu.models)}")
+        if GRAPH_MODEL in self.gpu.models:
+            raise ValueError(f"gpu.models must be names of params.yaml lms, got {list(self.gpu.models)}")
         if len(set(self.models)) != len(self.models) or GRAPH_MODEL in self.models:
             raise ValueError(f"models must be distinct names of params.yaml lms (the {GRAPH_MODEL!r} model always "
                              f"runs), got {list(self.models)}")
@@ -70,6 +63,5 @@ def hopping_params() -> HoppingParams:
 
 
 def check_model_listed(params: HoppingParams, name: str) -> None:
-    if name != GRAPH_MODEL and name not in params.models and name not in params.gpu.models:
-        raise ParamsError(f"--model {name} is not in params.yaml hopping.models {list(params.models)} "
-                          f"or hopping.gpu.models {list(params.gpu.models)}")
+    if name != GRAPH_MODEL:
+        check_listed(name, "hopping", params.models, params.gpu)

@@ -207,8 +207,8 @@ def tune_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], base: GraphT
     ``trial_max_steps``-step runs; resumed from ``storage`` when it already holds trials."""
     import optuna
 
-    from modules.core.tracking import in_project, lightning_logger, tracked_run
-    from modules.training.tuning import check_space, suggest
+    from modules.core.tracking import lightning_logger
+    from modules.training.tuning import check_space, open_study, optimize_to_budget, suggest, trial_run
 
     check_space(space, GraphTrainConfig)
     if n_trials < 1:
@@ -216,20 +216,14 @@ def tune_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], base: GraphT
     if objective_set not in EVAL_SETS:
         raise ValueError(f"tune.objective must be one of {list(EVAL_SETS)}, got {objective_set!r}")
     fingerprint = tuning_fingerprint(tables, base, space, trial_max_steps, seed, objective_set)
-    study = optuna.create_study(study_name=f"{study_name}-{fingerprint}", storage=in_project(storage),
-                                load_if_exists=True, direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study = open_study(f"{study_name}-{fingerprint}", storage, seed, f"{objective_set}_exact_match")
 
     def objective(trial: optuna.Trial) -> float:
         config = replace(base, **suggest(trial, space), max_steps=trial_max_steps,
                          val_every=trial_max_steps)
         GraphTrainConfig.from_params(asdict(config))  # range-check the sampled values
-        with tracked_run(mlflow_study, f"tune-trial-{trial.number}", asdict(config), nested=True,
-                         tags={"optuna_study": study_name, "optuna_trial": str(trial.number)}) as run:
+        with trial_run(study, trial, mlflow_study, asdict(config)) as run:
             result = train_graph_model(tokenizer, tables, config, seed, loggers=[lightning_logger(run)])
             return result.scores[objective_set]
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=())
-    return study
+    return optimize_to_budget(study, objective, n_trials)

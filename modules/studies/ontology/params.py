@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from modules.core.params import ParamsError, load, param, section
+from modules.core.params import GpuRun, load, param, section
+from modules.core.params import check_model_listed as check_listed
 from modules.studies.ontology.data.dataset import DataConfig
 from modules.studies.ontology.data.generator import HOPS
 
@@ -31,6 +32,7 @@ class OntologyParams:
     behaviour: dict = param()     # BehaviourConfig's
     heads: dict = param()         # HeadsConfig's
     report_dir: str = param()
+    gpu: GpuRun = param()         # the 7B run: same stages and settings, its own outputs and report
 
     def __post_init__(self):
         if not self.models or len(set(self.models)) != len(self.models):
@@ -42,5 +44,4 @@ def ontology_params() -> OntologyParams:
 
 
 def check_model_listed(params: OntologyParams, name: str) -> None:
-    if name not in params.models:
-        raise ParamsError(f"--model {name} is not in params.yaml ontology.models {list(params.models)}")
+    check_listed(name, "ontology", params.models, params.gpu)

@@ -64,14 +64,15 @@ def run_behaviour(params: OntologyParams, name: str, weights: Path | None, data:
     return summary
 
 
-def report(params: OntologyParams, root: Path, out: Path) -> Path:
-    """reports/ontology/README.md (and its figures) from every model's outputs under ``root``."""
+def report(params: OntologyParams, root: Path, out: Path, gpu: bool = False) -> Path:
+    """reports/ontology/README.md (and its figures) from every model's outputs under ``root``: the
+    models of ``models``, or with ``gpu`` those of ``gpu.models`` (the 7B run)."""
     import shutil
 
     from modules.studies.ontology.report import render_report
 
     results = {}
-    for name in params.models:
+    for name in (params.gpu.models if gpu else params.models):
         path = root / name / "behaviour" / "behaviour.json"
         if not path.is_file():
             raise FileNotFoundError(f"no behaviour results at {path}; run the behaviour_ontology stage first")
@@ -83,7 +84,7 @@ def report(params: OntologyParams, root: Path, out: Path) -> Path:
         for name in results:
             if "heads" in results[name]:
                 shutil.copytree(root / name / "heads" / "figures", tmp / "figures" / name)
-        (tmp / "README.md").write_text(render_report(params, results))
+        (tmp / "README.md").write_text(render_report(params, results, gpu))
     return out / "README.md"
 
 

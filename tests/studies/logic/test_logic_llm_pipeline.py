@@ -12,6 +12,7 @@ from tests.studies.logic.planted import PLANTED_HEAD, PLANTED_LAYER, nl_tokenize
 from tests.pipelines.conftest import make_project, run
 
 LLM_PIPELINE = "pipelines/llm/dvc.yaml"
+STUDY1_REPORT = f"{LLM_PIPELINE}:logic_llm_gpu_report"   # the pipeline's study-1 stages (2 and 3 have their own)
 QUERY_OFFSET = 3  # the query variable, then ".", "Answer", ":" under the test tokenizer
 
 
@@ -27,7 +28,7 @@ def llm_project(tmp_path_factory):
     params["logic_llm_gpu"]["prompts"].update(n_pairs=8, shots=1)
     params["logic_llm_gpu"]["study"].update(examples="all", n_boot=100, random_controls=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = run(["dvc", "repro", LLM_PIPELINE], project, env, timeout=900)
+    result = run(["dvc", "repro", STUDY1_REPORT], project, env, timeout=900)
     return project, env, result
 
 
@@ -58,7 +59,7 @@ def test_llm_pipeline_writes_validated_prompts_study_and_report(llm_project):
         assert (project / f"reports/logic_llm/figures/patching_{site}.png").stat().st_size > 1000
     shown = run(["dvc", "metrics", "show"], project, env).stdout
     assert "artifacts/logic_llm_gpu/metrics.json" in shown and "first_token_accuracy" in shown
-    assert "up to date" in run(["dvc", "status", LLM_PIPELINE], project, env).stdout
+    assert "up to date" in run(["dvc", "status", STUDY1_REPORT], project, env).stdout
 
 
 def test_llm_runs_are_in_mlflow_with_nested_patching_runs(llm_project):

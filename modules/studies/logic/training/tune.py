@@ -10,9 +10,9 @@ import optuna
 import pandas as pd
 from optuna_integration import PyTorchLightningPruningCallback
 
-from modules.core.tracking import in_project, lightning_logger, tracked_run
+from modules.core.tracking import lightning_logger
 from modules.studies.logic.training.train import TrainConfig, TrainingData, train_logic_model
-from modules.training.tuning import check_space, suggest
+from modules.training.tuning import check_space, open_study, optimize_to_budget, suggest, trial_run
 
 
 def settings_fingerprint(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Any],
@@ -40,15 +40,13 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
     new study, so a study never mixes trials whose scores cannot be compared.
     """
     check_space(space, TrainConfig)
-    if n_trials < 1:
+    if n_trials < 1:  # before the study is opened
         raise ValueError(f"tune.n_trials must be >= 1, got {n_trials}")
     if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
         raise ValueError(f"tune.timeout_s must be null or a number > 0, got {timeout_s!r}")
     fingerprint = settings_fingerprint(train_frame, val_frame, base, space, trial_max_steps, seed)
-    study = optuna.create_study(
-        study_name=f"{study_name}-{fingerprint}", storage=in_project(storage), load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    study = open_study(f"{study_name}-{fingerprint}", storage, seed, "val_exact_match",
+                       pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
 
     encoded: list[TrainingData] = []  # encoding 200,000 rows takes seconds; trials share it
 
@@ -59,8 +57,7 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
         if data is None:
             data = TrainingData.from_frames(train_frame, val_frame, config)
             encoded.append(data)
-        with tracked_run(mlflow_study, f"tune-trial-{trial.number}", config.as_dict(), nested=True,
-                         tags={"optuna_study": study_name, "optuna_trial": str(trial.number)}) as run:
+        with trial_run(study, trial, mlflow_study, config.as_dict()) as run:
             pruner = PyTorchLightningPruningCallback(trial, monitor="val_exact_match")
             result = train_logic_model(train_frame, val_frame, config, seed=seed,
                                        loggers=[lightning_logger(run)], callbacks=[pruner], data=data)
@@ -68,11 +65,4 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
             trial.set_user_attr("wall_s", result.wall_s)
             return result.val_exact_match
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    # Resuming an interrupted study runs only the trials still missing from its budget, and workers
-    # sharing the study stop once it holds n_trials (each may finish the trial it has started).
-    remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(),
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)])
-    return study
+    return optimize_to_budget(study, objective, n_trials, timeout_s)

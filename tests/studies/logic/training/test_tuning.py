@@ -41,6 +41,11 @@ def test_study_resumes_to_its_trial_budget_with_nested_runs(small_splits, tmp_pa
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in nested) == ["tune-trial-0", "tune-trial-1"]
     assert all("val_exact_match" in r.data.metrics for r in nested)
+    # the dashboard and the MLflow UI name each other: run id on the trial, full study name on the runs
+    assert {t.user_attrs["mlflow_run_id"] for t in first.trials if t.number < 2} == {r.info.run_id for r in nested}
+    assert {r.data.tags["optuna_study"] for r in nested} == {first.study_name}
+    assert client.get_run(parent.info.run_id).data.tags["optuna_study"] == first.study_name
+    assert first.metric_names == ["val_exact_match"]
 
 
 def test_trials_share_one_encoding_of_the_data(small_splits, tmp_path, monkeypatch):
