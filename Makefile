@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -37,7 +37,8 @@ data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 pipeline: setup
 	dvc repro
 	@echo
-	@dvc metrics show 2>/dev/null  # quiet about the GPU pipeline's metrics, absent until it runs
+	@$(PY) -m modules.core.metrics_summary artifacts/logic/ artifacts/logic_llm/ artifacts/ontology/validation.json \
+	  artifacts/hopping/validation.json
 	@echo
 	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
 	@echo "Real LMs: artifacts/models/ (imported), artifacts/logic_llm/ (behaviour, fine-tuned model, studies), reports/logic_lms/README.md"
@@ -57,7 +58,7 @@ SEED_NAME = s$(subst $(comma),-,$(subst ],,$(subst [,,$(subst $() ,,$(SEEDS)))))
 SEEDS_PARAMS := -S logic.report.dir=reports/logic_depth3
 seeds: setup
 	dvc exp run -n depth3-$(SEED_NAME) $(SEEDS_PARAMS) -S 'logic.seeds=$(SEEDS)'
-	@dvc metrics show
+	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 depth3: seeds   # the target's name while this recipe was not yet the default
 
 # The earlier data and training, as the paper writes the task: all rules in one random order, no
@@ -72,7 +73,7 @@ SHUFFLED_PARAMS := $(BASELINE_PARAMS) -S logic.data.prompt_end=answer -S logic.p
 shuffled: SEEDS = [0]
 shuffled: setup
 	dvc exp run -n shuffled-$(SEED_NAME) $(SHUFFLED_PARAMS) -S 'logic.seeds=$(SEEDS)'
-	@dvc metrics show
+	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 
 # The depth-2 routing recipe (docs/logic/notebook.md): shuffled rules, prompts that stop at the
 # query variable, depth-5 trace sequences beside the task's training rows, 12,000 steps. About an
@@ -83,13 +84,13 @@ ROUTING_PARAMS := $(BASELINE_PARAMS) -S logic.data.depth=2 -S logic.data.traces.
 routing: SEEDS = [1]
 routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
-	@dvc metrics show
+	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 
 # Study 1's LLM half at the main job's size on both packaged models: the DVC experiment lms-cpu-both,
 # reported in reports/logic_lms_both (about 12 minutes on 2 CPU cores once SmolLM2's stages are cached).
 lms-both: setup
 	dvc exp run -n lms-cpu-both -S 'logic_llm.models=[smollm2-135m,gemma3-270m]' -S logic_llm.report_dir=reports/logic_lms_both
-	@dvc metrics show
+	@$(PY) -m modules.core.metrics_summary artifacts/logic_llm/
 
 # Study 1's LLM half at full size (docs/logic/llm.md): 150 flip pairs (300 prompts) for accuracy and
 # for every cell of the behaviour grid (0, 2, 4 and 6 shots; OR and AND); head-output, query, key and
@@ -101,14 +102,14 @@ LLM_FULL_PARAMS := -S 'logic_llm.models=$(LLM_MODELS)' -S logic_llm.prompts.n_pa
   -S logic_llm.study.max_pairs=25 -S logic_llm.report_dir=reports/logic_lms_full
 llm-full: setup
 	dvc exp run --temp -n llm-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(LLM_MODELS)))) $(LLM_FULL_PARAMS) report_logic_llm
-	@dvc metrics show
+	@$(PY) -m modules.core.metrics_summary artifacts/logic_llm/
 
 # Study 2 (Dutta et al. 2024; docs/ontology/study.md) on params.yaml ontology.models at the CPU size:
 # behaviour on 100 items, head analyses per subtask, reports/ontology. Runs the main pipeline's
 # data, checks and model import first when they are not current.
 ontology: setup
 	dvc repro pipelines/ontology/dvc.yaml
-	@dvc metrics show 2>/dev/null
+	@$(PY) -m modules.core.metrics_summary artifacts/ontology/
 
 # Study 3 (Biran et al. 2024; docs/hopping/study.md) at the CPU size: the from-scratch Llama tuned, trained
 # and analysed on the fictional knowledge graph, and params.yaml hopping.models on the curated real-world
@@ -116,7 +117,7 @@ ontology: setup
 # checks and model import first when they are not current.
 hopping: setup
 	dvc repro pipelines/hopping/dvc.yaml
-	@dvc metrics show 2>/dev/null
+	@$(PY) -m modules.core.metrics_summary artifacts/hopping/
 
 # Study 3 at the CPU size on both packaged models (the DVC experiment hopping-cpu-both, reported in
 # reports/hopping_both; a model is imported by the main pipeline's import_lm when it is in logic_llm.models).
@@ -124,7 +125,7 @@ HOPPING_MODELS ?= [smollm2-135m,gemma3-270m]
 hopping-both: setup
 	dvc exp run -n hopping-cpu-both -S 'logic_llm.models=$(HOPPING_MODELS)' -S 'hopping.models=$(HOPPING_MODELS)' \
 	  -S hopping.report_dir=reports/hopping_both pipelines/hopping/dvc.yaml
-	@dvc metrics show 2>/dev/null
+	@$(PY) -m modules.core.metrics_summary artifacts/hopping/
 
 # Study 3 at full size (docs/hopping/study.md): every query of each model's target set and 100 it gets
 # right for back-patching, every target layer of the Patchscope grid sampled with the paper's three
@@ -136,7 +137,7 @@ HOPPING_FULL_PARAMS := -S 'logic_llm.models=$(HOPPING_MODELS)' -S 'hopping.model
 hopping-full: setup
 	dvc exp run --temp -n hopping-full-$(subst $(comma),-,$(subst ],,$(subst [,,$(HOPPING_MODELS)))) $(HOPPING_FULL_PARAMS) \
 	  pipelines/hopping/dvc.yaml:report_hopping
-	@dvc metrics show 2>/dev/null
+	@$(PY) -m modules.core.metrics_summary artifacts/hopping/
 
 test: setup-dev
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
@@ -151,6 +152,12 @@ benchmark-patching: setup-dev
 benchmark-real-lm: setup-dev
 	dvc repro import_lm@smollm2-135m
 	$(PY) -m benchmarks.bench_real_lm --threads 1
+
+# Every pipeline's metrics, one line each (`dvc metrics show` prints one row a file, too wide to read);
+# `make metrics PREFIXES=artifacts/hopping/` for one study.
+PREFIXES ?=
+metrics: setup
+	@$(PY) -m modules.core.metrics_summary $(PREFIXES)
 
 # MLproject is generated from the DVC pipelines (tests/core/test_mlproject.py checks it is current).
 mlproject: setup

@@ -22,6 +22,7 @@ PAPER_MODELS = "LLaMA-2 7B/13B, LLaMA-3 8B/70B"
 # A readout whose patched generations differ from the unpatched target's in under 5% (CI upper bound)
 # cannot place e2 or e3 at a layer; the claims read from it are then not testable.
 READOUT_MIN_CHANGED = 0.05
+MIN_REACHED = 3   # queries that must reach a stage before its median layer gets a verdict
 E1_CLAIMS = [("e2 resolved early at t1", "early layers"), ("second hop resolved later, at t2", "later layers"),
              ("failures resolve the first hop later", "later in incorrect cases")]
 
@@ -110,6 +111,13 @@ def _backpatch(b: Mapping) -> list[str]:
     return lines
 
 
+def _too_few(stage: Mapping) -> str | None:
+    """A median layer over fewer than MIN_REACHED queries decides nothing."""
+    if stage["n_reached"] < MIN_REACHED:
+        return f"inconclusive (reached in {stage['n_reached']} of {stage['n']})"
+    return None
+
+
 def _claims(name: str, result: Mapping, n_layers: int | None) -> list[list[str]]:
     rows = []
     layers = result.get("layers")
@@ -131,12 +139,13 @@ def _claims(name: str, result: Mapping, n_layers: int | None) -> list[list[str]]
         early = c["median"] is not None and c["median"] < n_layers / 2
         rows.append(["e2 resolved early at t1", "early layers", f"median first e2 layer {depth} "
                      f"(reached in {c['n_reached']} of {c['n']} correct queries)",
-                     "consistent" if early else "not reproduced"])
+                     _too_few(c) or ("consistent" if early else "not reproduced")])
         s = second["correct"]
         later = s["median"] is not None and c["median"] is not None and s["median"] > c["median"]
         rows.append(["second hop resolved later, at t2", "later layers",
                      f"median first e3 layer from t2: {s['median'] if s['median'] is not None else 'never'} "
-                     f"({s['n_reached']} of {s['n']})", "consistent" if later else "not reproduced"])
+                     f"({s['n_reached']} of {s['n']})",
+                     _too_few(s) or _too_few(c) or ("consistent" if later else "not reproduced")])
         gap = first.get("incorrect_minus_correct")
         rows.append(["failures resolve the first hop later", "later in incorrect cases",
                      f"incorrect - correct: {gap['mean']:+.1f} layers (95% CI {gap['ci_low']:+.1f} to "

@@ -144,3 +144,12 @@ def test_readout_summary_counts_generations_that_differ_from_the_target_prompts_
     summary = _layers_summary(3, 40)["readout"]
     assert summary["changed"]["k"] == 3 and summary["changed"]["n"] == 40 and summary["queries"] == 4
     assert summary["changed"]["ci_low"] < 3 / 40 < summary["changed"]["ci_high"]
+
+
+def test_a_stage_reached_by_too_few_queries_gets_no_verdict():
+    from modules.studies.hopping.report import _claims
+
+    summary = _layers_summary(30, 40)
+    summary["stages"]["first_hop_resolved"]["correct"]["n_reached"] = 1
+    rows = _claims("gemma", {"layers": summary}, n_layers=18)
+    assert rows[1][3] == "inconclusive (reached in 1 of 4)" and rows[2][3] == "inconclusive (reached in 1 of 4)"
