@@ -111,10 +111,10 @@ def _backpatch(b: Mapping) -> list[str]:
     return lines
 
 
-def _too_few(stage: Mapping) -> str | None:
+def _too_few(stage: Mapping, what: str = "") -> str | None:
     """A median layer over fewer than MIN_REACHED queries decides nothing."""
     if stage["n_reached"] < MIN_REACHED:
-        return f"inconclusive (reached in {stage['n_reached']} of {stage['n']})"
+        return f"inconclusive ({what}reached in {stage['n_reached']} of {stage['n']})"
     return None
 
 
@@ -145,7 +145,7 @@ def _claims(name: str, result: Mapping, n_layers: int | None) -> list[list[str]]
         rows.append(["second hop resolved later, at t2", "later layers",
                      f"median first e3 layer from t2: {s['median'] if s['median'] is not None else 'never'} "
                      f"({s['n_reached']} of {s['n']})",
-                     _too_few(s) or _too_few(c) or ("consistent" if later else "not reproduced")])
+                     _too_few(s) or _too_few(c, "e2 from t1 ") or ("consistent" if later else "not reproduced")])
         gap = first.get("incorrect_minus_correct")
         rows.append(["failures resolve the first hop later", "later in incorrect cases",
                      f"incorrect - correct: {gap['mean']:+.1f} layers (95% CI {gap['ci_low']:+.1f} to "
