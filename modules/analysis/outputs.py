@@ -55,4 +55,5 @@ def log_patching_runs(tensors: Mapping[str, Tensor], sites: Mapping[str, Sequenc
         log_engine_run("patching", tensors[f"effect.{site}"], model=model, dataset_hash=dataset_hash,
                        sites=[f"{site}.{layer}" for layer in range(n_layers)], dims=tuple(dims), ci=ci,
                        params={"metric": metric, "n_examples": n_examples},
-                       tensors={"patched_ld": tensors[f"patched_ld.{site}"]}, study=study, nested=True)
+                       tensors={"patched_ld": tensors[f"patched_ld.{site}"]}, study=study, nested=True,
+                       run_name=f"patching {site}")

@@ -171,8 +171,13 @@ def log_tensors(tensors: Mapping[str, Any], artifact_file: str) -> None:
 
 
 def lightning_logger(run: mlflow.ActiveRun):
-    """A Lightning MLFlowLogger that writes into an already open run (curves next to params)."""
+    """A Lightning MLFlowLogger that writes into an already open run (curves next to params), without
+    Lightning's ``epoch`` metric: the lab trains on step budgets over endless batch streams, one epoch."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(tracking_uri=tracking_uri(), run_id=run.info.run_id,
-                        experiment_name=mlflow.get_experiment(run.info.experiment_id).name)
+    class StepLogger(MLFlowLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+    return StepLogger(tracking_uri=tracking_uri(), run_id=run.info.run_id,
+                      experiment_name=mlflow.get_experiment(run.info.experiment_id).name)

@@ -100,8 +100,9 @@ def log_engine_run(kind: str, effects: Tensor, *, model: str, dataset_hash: str,
                    dims: Sequence[str] = ("layer", "position"), ci: tuple[Tensor, Tensor] | None = None,
                    tick_labels: Mapping[str, Sequence[str]] | None = None, params: Mapping[str, Any] | None = None,
                    tensors: Mapping[str, Tensor] | None = None, top_k: int = 10, study: str = "engine",
-                   data_paths: Iterable[str | os.PathLike] = (), nested: bool = False) -> str:
-    """Log one engine run to MLflow; returns its run id.
+                   data_paths: Iterable[str | os.PathLike] = (), nested: bool = False,
+                   run_name: str | None = None) -> str:
+    """Log one engine run to MLflow, named ``run_name`` (default: ``kind``); returns its run id.
 
     ``effects`` is a ``[len(dims)]``-dimensional tensor over ``dims`` (e.g. ``[layers, positions]``
     or ``[layers, heads]``), ``ci`` its (low, high) bounds. ``tick_labels`` names axis ticks
@@ -114,7 +115,7 @@ def log_engine_run(kind: str, effects: Tensor, *, model: str, dataset_hash: str,
     run_params = {"kind": kind, "model": model, "dataset_hash": dataset_hash, "sites": ",".join(sites),
                   "n_sites": len(sites), "dims": ",".join(dims), "shape": "x".join(map(str, effects.shape)),
                   **(params or {})}
-    with tracked_run(study, kind, params=run_params, data_paths=data_paths, nested=nested) as run:
+    with tracked_run(study, run_name or kind, params=run_params, data_paths=data_paths, nested=nested) as run:
         values = effects.detach().double()
         mlflow.log_metrics({"max_abs_effect": values.abs().max().item(), "mean_effect": values.mean().item(),
                             **top_effects(effects, dims, top_k)})

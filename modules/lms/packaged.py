@@ -26,6 +26,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Callable, Mapping
 
+from modules.core.hf_dir import save_model_dir
 from modules.core.io import replace_dir
 from modules.lms.registry import (MANIFEST, MANIFEST_FORMAT, ChecksumError, DownloadError, LMError, model_dir,
                                   one_line, read_manifest, resolve_model, sha256_file, source_fingerprint,
@@ -241,23 +242,6 @@ def prepare_tokenizer(tokenizer, model, architecture: str, suppress: list[str]):
     return tokenizer
 
 
-def _portable_tokenizer_config(directory: Path, model_max_length: int) -> None:
-    """tokenizer_config.json that transformers 4.x reads too: the generic fast class (5.x writes
-    ``TokenizersBackend`` or an architecture class that rebuilds the pipeline), no 5.x-only keys."""
-    path = directory / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["model_max_length"] = int(model_max_length)
-    for key in ("backend", "is_local", "local_files_only"):
-        config.pop(key, None)
-    extra = config.pop("extra_special_tokens", None)  # 5.x writes a list; 4.x wants a dict there
-    if isinstance(extra, dict):
-        config["extra_special_tokens"] = extra
-    elif extra:
-        config["additional_special_tokens"] = list(extra)  # read by both
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
 def probe_ids(tokenizer):
     import torch
 
@@ -279,9 +263,7 @@ def save_hf_dir(model, tokenizer, directory: Path, dtype: str, suppress_ids: lis
     model.to(getattr(torch, dtype))
     generation = model.generation_config
     generation.suppress_tokens = suppress_ids or None
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    _portable_tokenizer_config(directory, tokenizer.model_max_length)
+    save_model_dir(model, tokenizer, directory)
     stray = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".gguf")]
     if stray:
         raise LMError(f"save wrote non-safetensors weights {stray}")

@@ -94,7 +94,8 @@ def test_log_head_sweep_3d_and_bad_kind(mlflow_store):
     effects = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(1))
     run_id = log_engine_run("ablation", effects, model="m", dataset_hash="h", sites=["head_out"],
                             dims=("layer", "position", "head"), study="engine-test",
-                            tensors={"clean_logits": torch.randn(4, 7)})
+                            tensors={"clean_logits": torch.randn(4, 7)}, run_name="ablation head_out")
+    assert mlflow_store.get_run(run_id).info.run_name == "ablation head_out"
     figures = {a.path for a in mlflow_store.list_artifacts(run_id, "figures")}
     assert figures == {"figures/heatmap_layer_0.png", "figures/heatmap_layer_1.png"}
     assert len(mlflow_store.get_run(run_id).data.metrics) == 2 + 10

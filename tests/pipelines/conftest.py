@@ -75,8 +75,13 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
     return proc
 
 
-def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tuple[Path, dict]:
-    """Copy the tracked files to ``dest``, commit them in a new git repo, set tiny params."""
+def make_project(dest: Path, tracking_uri: str | None = None, hardlinks: bool = False,
+                 dvc_cache: Path | None = None, **overrides) -> tuple[Path, dict]:
+    """Copy the tracked files to ``dest``, commit them in a new git repo, set tiny params.
+
+    ``hardlinks``: DVC links cached outputs into the workspace instead of copying them (an imported
+    LM is stored once, not in the workspace and again in the cache); ``dvc_cache``: a cache
+    directory shared with other copies."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -121,12 +126,31 @@ def make_project(dest: Path, tracking_uri: str | None = None, **overrides) -> tu
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         run(cmd, dest, env)
+    if hardlinks:
+        run(["dvc", "config", "--local", "cache.type", "hardlink,copy"], dest, env)
+    if dvc_cache is not None:
+        run(["dvc", "config", "--local", "cache.dir", str(dvc_cache)], dest, env)
     return dest, env
 
 
-def repro_in_copy(tmp_path_factory, name: str, *targets: str, timeout: int = 1800):
-    """(project, env, result) of `dvc repro <targets>` in a fresh tiny project copy."""
-    project, env = make_project(tmp_path_factory.mktemp(name))
+def shared_dvc_cache(tmp_path_factory) -> Path:
+    """One DVC cache for this pytest run's project copies, whichever worker makes them. Its run cache
+    lets a copy restore a stage that another copy ran with the same code and params (the LM import)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-dvc-cache"
+
+
+def ran_or_restored(stage: str, stdout: str) -> bool:
+    """Whether `dvc repro` ran ``stage`` or restored its outputs from the run cache (a project copy
+    sharing :func:`shared_dvc_cache` with one that ran it first, as a team sharing a cache does)."""
+    return f"Running stage '{stage}'" in stdout or f"Stage '{stage}' is cached - skipping run" in stdout
+
+
+def repro_in_copy(tmp_path_factory, name: str, *targets: str, timeout: int = 1800, share_cache: bool = False):
+    """(project, env, result) of `dvc repro <targets>` in a fresh tiny project copy; ``share_cache``:
+    with :func:`shared_dvc_cache`."""
+    cache = shared_dvc_cache(tmp_path_factory) if share_cache else None
+    project, env = make_project(tmp_path_factory.mktemp(name), hardlinks=True, dvc_cache=cache)
     return project, env, run(["dvc", "repro", *targets], project, env, timeout=timeout)
 
 

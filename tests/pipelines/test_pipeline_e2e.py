@@ -10,6 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from modules.engine.activation_cache import ActivationCache
+from modules.studies.logic.circuit import PROBE_TARGETS
 from tests.pipelines.conftest import in_proof_order, make_project, run
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,9 @@ def test_every_stage_is_an_mlflow_run_with_commit_and_data_hash(repro_project):
     assert {"summary.json", "probes.csv", "figures"} <= {a.path for a in client.list_artifacts(analysis.info.run_id)}
     nested = client.search_runs([experiment.experiment_id],
                                 f"tags.mlflow.parentRunId = '{analysis.info.run_id}'")
-    assert [r.data.params["kind"] for r in nested] == ["probe"]  # a tiny model solves no pair: no patching runs
+    # one run per probed variable, each named for it; a tiny model solves no pair: no patching runs
+    assert sorted(r.info.run_name for r in nested) == sorted(f"probe {target}" for target in PROBE_TARGETS)
+    assert {r.data.params["kind"] for r in nested} == {"probe"}
     summary = json.loads((project / "artifacts/logic/analysis/seed0/summary.json").read_text())
     assert summary["mlflow_run_id"] == analysis.info.run_id
     assert summary["mlflow_run_id"] in (project / "reports/logic/README.md").read_text()

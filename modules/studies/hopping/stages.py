@@ -117,14 +117,15 @@ def tune(params: HoppingParams, data: Path, out: Path) -> dict:
 def train(params: HoppingParams, data: Path, tuned: Path | None, out: Path, metrics: Path) -> dict:
     """Train the from-scratch model; an HF directory at ``out`` and its exact-match scores."""
     from modules.studies.hopping.data.tokenizer import build_graph_tokenizer
-    from modules.studies.hopping.training import save_graph_model, train_graph_model
+    from modules.core.hf_dir import save_checkpoint
+    from modules.studies.hopping.training import train_graph_model
 
     tables = _tables(data)
     config = _train_config(params, tuned)
     tokenizer = build_graph_tokenizer(tables)
     with tracked_run(STUDY, "train", {**asdict(config), "seed": params.seed}, data_paths=[data]) as run:
         result = train_graph_model(tokenizer, tables, config, params.seed, loggers=[lightning_logger(run)])
-        save_graph_model(result.model, tokenizer, out)
+        save_checkpoint(result.model, tokenizer, out)
         summary = {"steps": result.steps, "wall_s": result.wall_s, "mlflow_run_id": run.info.run_id,
                    **{f"{name}_exact_match": value for name, value in result.scores.items()}}
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 
 from modules.core.params import load, param
+from modules.training.callbacks import StepReport
 from modules.training.decoding import teacher_forced_exact_match
 from modules.training.sequences import (BatchStream, EncodedSequences, OrderedBatches, answer_loss, collate_single,
                                         encode)
@@ -138,7 +138,8 @@ class _History(pl.Callback):
 
 
 def train_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], config: GraphTrainConfig, seed: int,
-                      loggers: Sequence = (), callbacks: Sequence[pl.Callback] = ()) -> GraphTrainResult:
+                      loggers: Sequence = (), callbacks: Sequence[pl.Callback] = (),
+                      label: str = "train") -> GraphTrainResult:
     """Fit a fresh model on ``tables`` and return it with its validation history."""
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.accelerator is {config.accelerator!r} but this machine has no visible GPU; "
@@ -156,8 +157,9 @@ def train_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], config: Gra
         accelerator=config.accelerator, devices=config.devices, strategy=config.strategy, max_steps=config.max_steps,
         val_check_interval=min(config.val_every, config.max_steps), check_val_every_n_epoch=None,
         gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False, enable_checkpointing=False,
-        callbacks=[history, *callbacks], num_sanity_val_steps=0, enable_progress_bar=False,
-        enable_model_summary=False, deterministic=True, log_every_n_steps=50)
+        callbacks=[history, *callbacks, StepReport(label)], num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        log_every_n_steps=min(50, config.val_every))
     world = config.devices if isinstance(config.devices, int) and config.devices > 0 else 1
     train_loader = torch.utils.data.DataLoader(
         BatchStream(train, config.batch_size, seed, n_batches=config.max_steps * world),
@@ -171,17 +173,6 @@ def train_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], config: Gra
     scores = {name: last.get(f"val_{name}_exact_match", float("nan")) for name in evaluation}
     model.eval()
     return GraphTrainResult(model, trainer.global_step, wall, scores, history.rows)
-
-
-def save_graph_model(model, tokenizer, out_dir: Path) -> None:
-    """A standard HF directory, written atomically with its weights' checksums."""
-    from modules.core.checksums import write_checksums
-    from modules.core.io import atomic_dir
-
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_checksums(tmp)
 
 
 def tuning_fingerprint(tables: Mapping[str, pd.DataFrame], base: GraphTrainConfig, space: Mapping, trial_max_steps: int,
@@ -223,7 +214,8 @@ def tune_graph_model(tokenizer, tables: Mapping[str, pd.DataFrame], base: GraphT
                          val_every=trial_max_steps)
         GraphTrainConfig.from_params(asdict(config))  # range-check the sampled values
         with trial_run(study, trial, mlflow_study, asdict(config)) as run:
-            result = train_graph_model(tokenizer, tables, config, seed, loggers=[lightning_logger(run)])
+            result = train_graph_model(tokenizer, tables, config, seed, loggers=[lightning_logger(run)],
+                                       label=f"trial {trial.number}")
             return result.scores[objective_set]
 
     return optimize_to_budget(study, objective, n_trials)

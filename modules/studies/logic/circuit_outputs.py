@@ -73,7 +73,7 @@ def write_circuit(result: CircuitResult, out_dir, model_name: str, run_id: str =
 
 def log_circuit(result: CircuitResult, model_name: str, dataset_hash: str, figures_dir) -> None:
     """Into the active MLflow run: metrics, summary, probe table, tensors and saved figures; one
-    nested run per patching sweep and one for the probes, through the engine's run logger."""
+    nested run per patching sweep and one per probed variable, through the engine's run logger."""
     from modules.engine.tracking import log_engine_run
 
     log_results(circuit_metrics(result.summary), result.summary, {"probes.csv": result.probes}, result.tensors,
@@ -83,13 +83,14 @@ def log_circuit(result: CircuitResult, model_name: str, dataset_hash: str, figur
     log_patching_runs(result.tensors, sites, model=model_name, dataset_hash=dataset_hash,
                       n_layers=result.summary["n_layers"], n_examples=result.summary["flip_pairs"]["n_examples"],
                       study=STUDY, metric="normalised logit difference, flipped -> clean")
-    chain = result.probes[result.probes.target == "queried_chain"]
-    accuracy = chain.pivot(index="layer", columns="position", values="accuracy")
-    low = chain.pivot(index="layer", columns="position", values="ci_low")
-    high = chain.pivot(index="layer", columns="position", values="ci_high")
     as_tensor = lambda frame: torch.tensor(frame.to_numpy(), dtype=torch.float32)  # noqa: E731
-    log_engine_run("probe", as_tensor(accuracy), model=model_name, dataset_hash=dataset_hash,
-                   sites=[f"resid_post.{layer}" for layer in accuracy.index], dims=("layer", "position"),
-                   ci=(as_tensor(low), as_tensor(high)), tick_labels={"position": list(accuracy.columns)},
-                   params={"target": "queried_chain", "n_examples": result.summary["probes"]["n"]},
-                   study=STUDY, nested=True)
+    for target, probes in result.probes.groupby("target", sort=False):  # one nested run per probed variable
+        grid = {column: probes.pivot(index="layer", columns="position", values=column)
+                for column in ("accuracy", "ci_low", "ci_high")}
+        log_engine_run("probe", as_tensor(grid["accuracy"]), model=model_name, dataset_hash=dataset_hash,
+                       sites=[f"resid_post.{layer}" for layer in grid["accuracy"].index], dims=("layer", "position"),
+                       ci=(as_tensor(grid["ci_low"]), as_tensor(grid["ci_high"])),
+                       tick_labels={"position": list(grid["accuracy"].columns)},
+                       params={"target": target, "n_examples": result.summary["probes"]["n"],
+                               "majority_baseline": float(probes.majority.iloc[0])},
+                       study=STUDY, nested=True, run_name=f"probe {target}")

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from modules.analysis.pairs import PairExamples
 from modules.engine.patchscope import suppressed_tokens  # the ids generate() never picks: scored the same way
 from modules.engine.probes import quiet_lightning
+from modules.core.hf_dir import save_model_dir
 from modules.core.io import atomic_dir, write_json
 from modules.core.params import load, param
 from modules.studies.logic import STUDY
@@ -431,8 +432,7 @@ def save_finetuned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, summ
     the source directory's licence files and ``finetune.json``; atomically."""
     merge_lora(model)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_model_dir(model, tokenizer, tmp)
         if source_dir is not None:
             for pattern in LICENCE_FILES:
                 for path in Path(source_dir).glob(pattern):

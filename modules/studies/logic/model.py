@@ -10,8 +10,7 @@ from pathlib import Path
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from modules.core.checksums import verify_checksums, write_checksums
-from modules.core.io import atomic_dir
+from modules.core.checksums import verify_checksums
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 
 
@@ -44,14 +43,6 @@ def build_logic_model(n_layer: int = 3, n_head: int = 3, n_embd: int = 96, n_pos
     )
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
-
-
-def save_checkpoint(model, tokenizer, out_dir: str | Path) -> None:
-    """Write a standard HF directory (safetensors weights, config, tokenizer) atomically."""
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_checksums(tmp)
 
 
 def load_checkpoint(path: str | Path):

@@ -158,7 +158,8 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
     with tracked_run(STUDY, f"train-seed{seed}", {**config.as_dict(), "seed": seed},
                      data_paths=[*training_files(data_dir), val_path]) as active:
         result = train_logic_model(read_training_rows(data_dir), read_split(val_path), config, seed,
-                                   ckpt_dir=out / "checkpoints" / f"seed{seed}", loggers=[lightning_logger(active)])
+                                   ckpt_dir=out / "checkpoints" / f"seed{seed}", loggers=[lightning_logger(active)],
+                                   label=f"train seed{seed}")
         summary = {"seed": seed, "steps": result.steps, "wall_s": result.wall_s,
                    "val_exact_match": result.val_exact_match, "time_to_perfect_val_s": result.time_to_perfect_val_s,
                    "step_to_perfect_val": result.step_to_perfect_val}
@@ -166,9 +167,9 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
         export_model(result.module, out / "models" / f"seed{seed}")
         write_json(summary, out / "train" / f"seed{seed}.json")
         atomic_write_text(out / "train" / f"seed{seed}_curve.csv", curve.to_csv(index=False))
-        # at the last step, so that the UI's curves end with the summary instead of starting with it
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if v is not None and k != "seed"},
-                           step=result.steps)
+        # the scores are already curves (the logger, at each validation's step): logged again here
+        # they would add a second point at the last step
+        mlflow.log_metrics({"steps": float(result.steps), "wall_s": result.wall_s}, step=result.steps)
         mlflow.log_figure(curve_figure(curve, f"seed {seed}"), "training_curve.png")
         mlflow.log_artifact(str(out / "train" / f"seed{seed}_curve.csv"))
     return result

@@ -17,7 +17,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
 
 from modules.core.params import load, param
-from modules.studies.logic.model import ACTIVATIONS, save_checkpoint
+from modules.core.hf_dir import save_checkpoint
+from modules.training.callbacks import StepReport
+from modules.studies.logic.model import ACTIVATIONS
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 from modules.studies.logic.training.module import LogicLM
 from modules.studies.logic.training.shared_prefix import shared_prefix_lengths
@@ -197,11 +199,11 @@ def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainCo
 
 
 def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence = (),
-                  callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+                  callbacks: Sequence[Callback] = (), label: str = "train") -> pl.Trainer:
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.accelerator is {config.accelerator!r} but this machine has no visible GPU; "
                          "use 'auto' or 'cpu'")
-    all_callbacks = list(callbacks)
+    all_callbacks = [*callbacks, StepReport(label)]
     if config.ema_decay:
         all_callbacks.append(AverageFromPeak(config.ema_decay, int(config.warmup_frac * config.max_steps)))
     if ckpt_dir is not None:
@@ -217,7 +219,7 @@ def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence 
         gradient_clip_val=config.grad_clip or None, logger=list(loggers) or False,
         enable_checkpointing=ckpt_dir is not None, callbacks=all_callbacks, num_sanity_val_steps=0,
         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-        log_every_n_steps=50, default_root_dir=str(ckpt_dir) if ckpt_dir else None)
+        log_every_n_steps=min(50, config.val_every), default_root_dir=str(ckpt_dir) if ckpt_dir else None)
 
 
 @dataclass
@@ -329,7 +331,7 @@ def new_logic_module(config: TrainConfig, seed: int, train: EncodedSequences, va
 
 def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ckpt_dir: Path | None = None,
                       loggers: Sequence = (), callbacks: Sequence[Callback] = (),
-                      data: TrainingData | None = None) -> TrainResult:
+                      data: TrainingData | None = None, label: str = "train") -> TrainResult:
     """Fit a fresh model (or resume an interrupted run with the same fingerprint from
     ``ckpt_dir/last.ckpt``) and return it with its timings. ``data``, the frames already encoded
     (``TrainingData.from_frames``), saves encoding them again when it suits ``config``."""
@@ -340,7 +342,7 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
     train, val = data.train, data.val
     module = new_logic_module(config, seed, train, val)
     stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
-    trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks])
+    trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks], label)
     train_loader, val_loader = make_loaders(train, val, config, seed, data.groups)
     resume = None
     if ckpt_dir is not None:

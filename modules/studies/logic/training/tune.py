@@ -60,7 +60,8 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
         with trial_run(study, trial, mlflow_study, config.as_dict()) as run:
             pruner = PyTorchLightningPruningCallback(trial, monitor="val_exact_match")
             result = train_logic_model(train_frame, val_frame, config, seed=seed,
-                                       loggers=[lightning_logger(run)], callbacks=[pruner], data=data)
+                                       loggers=[lightning_logger(run)], callbacks=[pruner], data=data,
+                                       label=f"trial {trial.number}")
             trial.set_user_attr("steps", result.steps)
             trial.set_user_attr("wall_s", result.wall_s)
             return result.val_exact_match

@@ -1,10 +1,13 @@
+import json
+
 import torch
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from modules.training.decoding import exact_match, greedy_decode
 from modules.engine.adapters import ModelLoadError
-from modules.studies.logic.model import build_logic_model, load_checkpoint, save_checkpoint
+from modules.core.hf_dir import save_checkpoint
+from modules.studies.logic.model import build_logic_model, load_checkpoint
 from modules.studies.logic.tokenizer import VOCAB, build_logic_tokenizer
 from modules.training.sequences import answer_loss, answer_loss_mask, encode, prompt_loss, training_loss
 
@@ -30,6 +33,12 @@ def test_checkpoint_is_a_standard_hf_directory(tmp_path):
     assert loaded.config.n_layer == 3 and loaded.config.n_head == 3
     ids = torch.tensor([tokenizer("rules A > B . facts A 1 query B answer").input_ids])
     assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
+    # the tokenizer as transformers 4.x reads it too: its generic fast class, the real context length
+    config = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "backend" not in config
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert type(reloaded) is PreTrainedTokenizerFast and reloaded.model_max_length == model.config.n_positions
+    assert reloaded("rules A > B . facts A 1 query B answer").input_ids == ids[0].tolist()
 
 
 def test_missing_and_corrupt_checkpoints_give_one_line_errors(tmp_path):
