@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed data/logic_benchmark.parquet
@@ -42,7 +42,7 @@ pipeline: setup
 	@echo
 	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
 	@echo "Real LMs: artifacts/models/ (imported), artifacts/logic_llm/ (behaviour, fine-tuned model, studies), reports/logic_lms/README.md"
-	@echo "Open the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000"
+	@echo "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)"
 
 # The default recipe (params.yaml; docs/logic/notebook.md) writes each chain's rules in proof
 # order, ends prompts at the query variable, puts every training problem beside its query twin in
@@ -158,6 +158,16 @@ benchmark-real-lm: setup-dev
 PREFIXES ?=
 metrics: setup
 	@$(PY) -m modules.core.metrics_summary $(PREFIXES)
+
+# One line a pipeline: up to date, or its stale and never-run stages (bare `dvc status` also lists the
+# GPU-only 7B pipeline, never run on a laptop).
+status: setup
+	@PATH=$(VENV)/bin:$$PATH $(PY) -m modules.core.pipeline_status
+
+# The workspace's store, its artifact paths first pointed at this clone's mlartifacts/ (after a move).
+mlflow-ui: setup
+	@$(PY) -c "from modules.core.tracking import relocate_artifacts as r, tracking_uri as u; r(u())"
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # MLproject is generated from the DVC pipelines (tests/core/test_mlproject.py checks it is current).
 mlproject: setup

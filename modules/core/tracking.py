@@ -78,13 +78,63 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def local_store(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///`` tracking URI; None for a server or another store."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where a local sqlite store keeps its artifacts: ``mlartifacts/`` beside the database file, so
+    that a test's or a copy's temporary store never writes into the workspace's."""
+    store = local_store(uri)
+    return store.parent / "mlartifacts" if store is not None else None
+
+
+# The tables that hold an absolute artifact location (MLflow resolves every local one to an absolute URI).
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"))
+
+
+def relocate_artifacts(uri: str) -> int:
+    """After the workspace moved (a renamed or copied clone): point every artifact location of the
+    local sqlite store that lay in an ``mlartifacts/`` folder elsewhere at the one beside the database.
+    Returns the number of experiments moved."""
+    import sqlite3
+
+    store, root = local_store(uri), artifact_root(uri)
+    if store is None or not store.is_file():
+        return 0
+    new = root.as_uri()
+    with sqlite3.connect(store) as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+        if "experiments" not in tables:
+            return 0  # a store MLflow has not set up yet
+        moved = [row[0] for row in db.execute("select artifact_location from experiments")
+                 if row[0] and row[0].startswith("file://") and row[0].endswith("/mlartifacts") and row[0] != new]
+        for old in moved:
+            for table, column in _LOCATION_COLUMNS:
+                if table in tables:
+                    db.execute(f"update {table} set {column} = ? || substr({column}, ?) where {column} = ? "
+                               f"or {column} like ? escape '\\'", (new, len(old) + 1, old, _like_prefix(old + "/")))
+    return len(moved)
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def ensure_experiment(study: str, uri: str) -> None:
-    """Select experiment ``study``; with a local sqlite store its artifacts go to <project>/mlartifacts."""
-    if mlflow.get_experiment_by_name(study) is None and uri.startswith("sqlite:"):
-        try:
-            mlflow.create_experiment(study, artifact_location=(project_root() / "mlartifacts").as_uri())
-        except mlflow.exceptions.MlflowException:
-            pass  # another process created it first
+    """Select experiment ``study``; a local sqlite store keeps its artifacts beside it (:func:`artifact_root`),
+    relocated there first if the workspace moved."""
+    root = artifact_root(uri)
+    if root is not None:
+        relocate_artifacts(uri)
+        if mlflow.get_experiment_by_name(study) is None:
+            try:
+                mlflow.create_experiment(study, artifact_location=root.as_uri())
+            except mlflow.exceptions.MlflowException:
+                pass  # another process created it first
     mlflow.set_experiment(study)
 
 

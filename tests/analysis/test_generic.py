@@ -51,3 +51,28 @@ def test_pair_examples_batch_by_length_and_subset_keeps_positions():
     sub = examples.subset([2, 1])
     assert sub.group == ["a", "b"] and sub.positions["query"].tolist() == [2, 3] and sub.correct.tolist() == [3, 2]
     assert examples.subset([0]).suffix == 2
+
+
+def test_a_report_is_written_whole_and_logged_as_a_run_naming_its_sources(tmp_path, monkeypatch):
+    import mlflow
+
+    from modules.analysis.report import source_run_ids, write_report
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    figures = tmp_path / "analysis" / "figures"
+    figures.mkdir(parents=True)
+    (figures / "heat.png").write_bytes(b"png")
+    results = {"m": {"evaluate": {"mlflow_run_id": "b" * 32}, "layers": [{"mlflow_run_id": "a" * 32}, {"n": 3}]}}
+    assert source_run_ids(results) == ["a" * 32, "b" * 32]
+    readme = write_report(tmp_path / "report", "# Report\n", {"m/layers": figures}, study="study-z",
+                          run_name="report", results=results)
+    assert readme.read_text() == "# Report\n" and (tmp_path / "report/figures/m/layers/heat.png").is_file()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("study-z").experiment_id])
+    assert run.info.run_name == "report" and run.data.tags["source_runs"] == f"{'a' * 32},{'b' * 32}"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/README.md", "report/figures"}
+    with pytest.raises(FileNotFoundError):  # a missing figure folder: nothing written at all
+        write_report(tmp_path / "other", "# Other\n", {"x": tmp_path / "nowhere"}, study="study-z",
+                     run_name="report", results={})
+    assert not (tmp_path / "other").exists()

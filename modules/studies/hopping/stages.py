@@ -22,6 +22,7 @@ from modules.core.io import atomic_dir, atomic_write_text, write_json
 from modules.core.tracking import lightning_logger, log_json, log_table, tracked_run
 from modules.studies.hopping import STUDY
 from modules.studies.hopping.params import GRAPH_MODEL, HoppingParams, check_model_listed
+from modules.analysis.report import write_report
 
 
 def _threads(threads: int) -> None:
@@ -296,7 +297,6 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
 def report(params: HoppingParams, root: Path, train_metrics: Path | None, out: Path, gpu: bool = False) -> Path:
     """reports/hopping/README.md and its figures, from every model's outputs under ``root``: the
     from-scratch model and ``models``, or with ``gpu`` the 7B models of ``gpu.models``."""
-    import shutil
 
     from modules.studies.hopping.report import render_report
 
@@ -312,11 +312,7 @@ def report(params: HoppingParams, root: Path, train_metrics: Path | None, out: P
             raise FileNotFoundError(f"no E0 results for {name} at {root / name / 'evaluate'}; run evaluate_hopping first")
         results[name] = entry
     training = json.loads(train_metrics.read_text()) if train_metrics and train_metrics.is_file() else None
-    with atomic_dir(out) as tmp:
-        for name in results:
-            for part in ("backpatch", "layers"):
-                figures = root / name / part / "figures"
-                if figures.is_dir():
-                    shutil.copytree(figures, tmp / "figures" / name / part)
-        (tmp / "README.md").write_text(render_report(params, results, training, gpu))
-    return out / "README.md"
+    figures = {f"{name}/{part}": root / name / part / "figures" for name in results for part in ("backpatch", "layers")
+               if (root / name / part / "figures").is_dir()}
+    return write_report(out, render_report(params, results, training, gpu), figures, study=STUDY,
+                        run_name="report-gpu" if gpu else "report", results=[results, training])

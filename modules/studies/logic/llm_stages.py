@@ -7,7 +7,6 @@ of it; the name says how to load it (dtype, device map) and labels every output.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +17,7 @@ from modules.core.tracking import data_hash, log_json, log_table, tracked_run
 from modules.lms.registry import load_named, model_path, read_registry
 from modules.studies.logic import STUDY
 from modules.studies.logic.params import LLMGPUParams, LLMParams
+from modules.analysis.report import write_report
 
 WEIGHTS = ("base", "finetuned")
 
@@ -148,10 +148,8 @@ def gpu_report(study_dir: Path, out: Path) -> Path:
     from modules.studies.logic.llm_report import render_report
 
     summary = json.loads(_need(study_dir / "summary.json", "study results", "logic_llm_gpu_study").read_text())
-    with atomic_dir(out) as tmp:
-        shutil.copytree(study_dir / "figures", tmp / "figures")
-        (tmp / "README.md").write_text(render_report(summary))
-    return out / "README.md"
+    return write_report(out, render_report(summary), {".": study_dir / "figures"}, study=STUDY,
+                        run_name="llm-gpu-report", results=summary)
 
 
 def lms_report(config: LLMParams, root: Path, out: Path) -> Path:
@@ -168,9 +166,6 @@ def lms_report(config: LLMParams, root: Path, out: Path) -> Path:
             "curve": pd.read_csv(base / "finetune_curve.csv"),
             "studies": {label: json.loads(_need(base / f"study_{label}" / "summary.json", f"{name}'s {label} study",
                                                 f"study_{label}_logic_llm").read_text()) for label in WEIGHTS}}
-    with atomic_dir(out) as tmp:
-        for name in config.models:
-            for label in WEIGHTS:
-                shutil.copytree(root / name / f"study_{label}" / "figures", tmp / "figures" / name / label)
-        (tmp / "README.md").write_text(render_lms_report(models))
-    return out / "README.md"
+    figures = {f"{name}/{label}": root / name / f"study_{label}" / "figures" for name in config.models for label in WEIGHTS}
+    return write_report(out, render_lms_report(models), figures, study=STUDY, run_name="llm-report",
+                        results={name: entry["studies"] for name, entry in models.items()})

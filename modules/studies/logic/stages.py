@@ -4,7 +4,6 @@ only parse paths and params and call these."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -254,6 +253,7 @@ def analyze_seed(config, seed: int, data_dir: Path, pairs_path: Path, out: Path)
 
 def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Path, out: Path) -> Path:
     """The study's report (README.md and each seed's figures) from the analysis and evaluation outputs."""
+    from modules.analysis.report import write_report as write_report_dir
     from modules.studies.logic.circuit_report import render_report
 
     summaries, evaluation = {}, {}
@@ -264,8 +264,6 @@ def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Pa
         summaries[seed] = summary
         if (metrics / f"seed{seed}.json").is_file():
             evaluation[seed] = json.loads((metrics / f"seed{seed}.json").read_text())
-    with atomic_dir(out) as tmp:
-        for seed in summaries:
-            shutil.copytree(analysis / f"seed{seed}" / "figures", tmp / "figures" / f"seed{seed}")
-        (tmp / "README.md").write_text(render_report(summaries, evaluation, data=data.as_dict()))
-    return out / "README.md"
+    return write_report_dir(out, render_report(summaries, evaluation, data=data.as_dict()),
+                            {f"seed{seed}": analysis / f"seed{seed}" / "figures" for seed in summaries},
+                            study=STUDY, run_name="report", results=[summaries, evaluation])

@@ -13,6 +13,7 @@ from modules.core.io import atomic_dir, write_json
 from modules.core.tracking import log_json, log_table, tracked_run
 from modules.studies.ontology import STUDY
 from modules.studies.ontology.params import OntologyParams, check_model_listed
+from modules.analysis.report import write_report
 
 
 def generate_data(params: OntologyParams, out: Path) -> dict[str, int]:
@@ -67,7 +68,6 @@ def run_behaviour(params: OntologyParams, name: str, weights: Path | None, data:
 def report(params: OntologyParams, root: Path, out: Path, gpu: bool = False) -> Path:
     """reports/ontology/README.md (and its figures) from every model's outputs under ``root``: the
     models of ``models``, or with ``gpu`` those of ``gpu.models`` (the 7B run)."""
-    import shutil
 
     from modules.studies.ontology.report import render_report
 
@@ -80,12 +80,9 @@ def report(params: OntologyParams, root: Path, out: Path, gpu: bool = False) -> 
         heads = root / name / "heads" / "summary.json"
         if heads.is_file():
             results[name]["heads"] = json.loads(heads.read_text())
-    with atomic_dir(out) as tmp:
-        for name in results:
-            if "heads" in results[name]:
-                shutil.copytree(root / name / "heads" / "figures", tmp / "figures" / name)
-        (tmp / "README.md").write_text(render_report(params, results, gpu))
-    return out / "README.md"
+    figures = {name: root / name / "heads" / "figures" for name in results if "heads" in results[name]}
+    return write_report(out, render_report(params, results, gpu), figures, study=STUDY,
+                        run_name="report-gpu" if gpu else "report", results=results)
 
 
 def run_heads(params: OntologyParams, name: str, weights: Path | None, data: Path, behaviour_dir: Path,
