@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from modules.core.checksums import CHECKSUMS
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -190,7 +192,88 @@ def tracked_run(study: str, stage: str, params: Mapping[str, Any] | None = None,
         for path in data_paths:
             if Path(path).exists():
                 mlflow.log_param(f"data_hash.{Path(path).name}", data_hash([path]))
+                log_data_inputs(Path(path))
         yield run
+
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "evaluation"}
+
+
+def dvc_md5(path: Path) -> str:
+    """A file's hash as DVC 3 records it (the md5 of its bytes) in dvc.lock and the cache."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def log_data_inputs(path: Path) -> None:
+    """Into the active run: each Parquet table read (``path`` or the tables in it) as an MLflow dataset
+    named for its file, digest its DVC md5, so that the UI's Dataset column shows which split at which
+    version fed the run; a model directory read links the run to the run that trained it
+    (:func:`link_trained_model`)."""
+    import warnings
+
+    import pandas as pd
+
+    if path.is_dir() and (path / CHECKSUMS).is_file() and (path / "config.json").is_file():
+        link_trained_model(path)
+        return
+    tables = sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.suffix == ".parquet" else []
+    for table in tables:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow: "the source can be interpreted in multiple ways"
+            dataset = mlflow.data.from_pandas(pd.read_parquet(table), source=str(table), name=table.stem,
+                                              digest=dvc_md5(table))
+        mlflow.log_input(dataset, context=SPLIT_CONTEXTS.get(table.stem, "input"))
+
+
+WEIGHTS_TAG = "weights_sha256"   # on a training run: the sha256 of the model.safetensors it saved
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    sums = json.loads((Path(model_dir) / CHECKSUMS).read_text()) if (Path(model_dir) / CHECKSUMS).is_file() else {}
+    return sums.get("model.safetensors")
+
+
+def log_trained_model(model, tokenizer, model_dir: Path, registered_name: str) -> str:
+    """Into the active (training) run: the saved model as an MLflow transformers model, registered as
+    ``registered_name`` (a new version), the run and the version tagged with its weights' sha256;
+    the model's URI."""
+    import torch
+    import transformers
+
+    weights = weights_sha256(model_dir)
+    run = mlflow.active_run()
+    mlflow.set_tag(WEIGHTS_TAG, weights)
+    requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+    info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
+                                         task="text-generation", registered_model_name=registered_name,
+                                         pip_requirements=requirements)
+    client = mlflow.MlflowClient()
+    for key, value in ((WEIGHTS_TAG, weights), ("training_run_id", run.info.run_id)):
+        client.set_model_version_tag(registered_name, info.registered_model_version, key, value)
+    return info.model_uri
+
+
+def link_trained_model(model_dir: Path) -> None:
+    """Tag the active run with the training run and the registered model version of the weights in
+    ``model_dir`` (matched by sha256), where this store holds them."""
+    weights = weights_sha256(model_dir)
+    if weights is None:
+        return
+    client = mlflow.MlflowClient()
+    experiment = mlflow.active_run().info.experiment_id
+    trained = client.search_runs([experiment], f"tags.{WEIGHTS_TAG} = '{weights}'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])
+    if not trained:
+        return
+    training_run = trained[0].info.run_id
+    mlflow.set_tags({"model_training_run_id": training_run, f"model_{WEIGHTS_TAG}": weights})
+    versions = client.search_model_versions(f"run_id = '{training_run}'")
+    if versions:
+        mlflow.set_tag("model_uri", f"models:/{versions[0].name}/{versions[0].version}")
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -61,38 +62,58 @@ def top_effects(effects: Tensor, dims: Sequence[str] = ("layer", "position"), k:
 
 def effect_heatmap(effects: Tensor, row_label: str = "layer", col_label: str = "position",
                    row_ticks: Sequence[str] | None = None, col_ticks: Sequence[str] | None = None,
-                   title: str | None = None) -> Figure:
-    """[rows, cols] heatmap on a diverging colour scale centred at 0, with labelled axes."""
+                   title: str | None = None, scale: str = "signed", chance: float | None = None,
+                   colorbar_label: str | None = None) -> Figure:
+    """[rows, cols] heatmap with labelled axes. ``scale="signed"``: an effect, on a diverging scale
+    centred at 0; ``"unit"``: a rate or an attention weight in [0, 1], on a sequential scale over
+    the whole of [0, 1] (so figures compare), ``chance`` marked on its colour bar. Cells carry their
+    values where the grid is small enough to read them; a long title wraps instead of being cut."""
+    import textwrap
+
     if effects.ndim != 2:
         raise ValueError(f"effect_heatmap needs a [rows, cols] tensor, got shape {tuple(effects.shape)}")
+    if scale not in ("signed", "unit"):
+        raise ValueError(f"scale must be 'signed' or 'unit', got {scale!r}")
     values = effects.detach().float().cpu().numpy()
     rows, cols = values.shape
-    vmax = float(abs(values).max()) or 1.0
+    if scale == "unit":
+        cmap, vmin, vmax = "viridis", 0.0, 1.0
+    else:
+        vmax = float(abs(values).max()) or 1.0
+        cmap, vmin = "RdBu_r", -vmax
     # A bare Figure renders with the Agg canvas and never touches pyplot's global state.
-    fig = Figure(figsize=(min(2 + 0.5 * cols, 16), min(1.5 + 0.4 * rows, 12)))
+    fig = Figure(figsize=(min(2.5 + 0.55 * cols, 16), min(2 + 0.45 * rows, 12)))
     ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.set_xticks(range(cols), list(col_ticks) if col_ticks is not None else range(cols),
                   rotation=90 if col_ticks is not None else 0)
     ax.set_yticks(range(rows), list(row_ticks) if row_ticks is not None else range(rows))
+    if rows * cols <= 120:
+        for (row, col), value in numpy.ndenumerate(values):
+            light = (value - vmin) / (vmax - vmin) < 0.5 if scale == "unit" else abs(value) > 0.6 * vmax
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if light else "black")
     if title:
-        ax.set_title(title)
-    fig.colorbar(image, ax=ax)
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
+    bar = fig.colorbar(image, ax=ax, label=colorbar_label)
+    if chance is not None:
+        bar.ax.axhline(chance, color="red", linewidth=2)  # the caller's colorbar_label says what it is
     fig.tight_layout()
     return fig
 
 
-def _heatmaps(effects: Tensor, dims: Sequence[str], ticks: Mapping[str, Sequence[str]], title: str) -> dict[str, Figure]:
+def _heatmaps(effects: Tensor, dims: Sequence[str], ticks: Mapping[str, Sequence[str]], title: str,
+              **style) -> dict[str, Figure]:
     """One heatmap for 1-D or 2-D effects; for 3-D, one per index of the first dim."""
     tick = lambda d: ticks.get(d)  # noqa: E731
     if effects.ndim == 1:
-        return {"heatmap.png": effect_heatmap(effects[None], "", dims[0], None, tick(dims[0]), title)}
+        return {"heatmap.png": effect_heatmap(effects[None], "", dims[0], None, tick(dims[0]), title, **style)}
     if effects.ndim == 2:
-        return {"heatmap.png": effect_heatmap(effects, dims[0], dims[1], tick(dims[0]), tick(dims[1]), title)}
+        return {"heatmap.png": effect_heatmap(effects, dims[0], dims[1], tick(dims[0]), tick(dims[1]), title, **style)}
     return {f"heatmap_{dims[0]}_{i}.png": effect_heatmap(effects[i], dims[1], dims[2], tick(dims[1]), tick(dims[2]),
-                                                         f"{title} ({dims[0]} {i})")
+                                                         f"{title} ({dims[0]} {i})", **style)
             for i in range(effects.shape[0])}
 
 
@@ -101,7 +122,7 @@ def log_engine_run(kind: str, effects: Tensor, *, model: str, dataset_hash: str,
                    tick_labels: Mapping[str, Sequence[str]] | None = None, params: Mapping[str, Any] | None = None,
                    tensors: Mapping[str, Tensor] | None = None, top_k: int = 10, study: str = "engine",
                    data_paths: Iterable[str | os.PathLike] = (), nested: bool = False,
-                   run_name: str | None = None) -> str:
+                   run_name: str | None = None, scale: str = "signed", chance: float | None = None) -> str:
     """Log one engine run to MLflow, named ``run_name`` (default: ``kind``); returns its run id.
 
     ``effects`` is a ``[len(dims)]``-dimensional tensor over ``dims`` (e.g. ``[layers, positions]``
@@ -119,7 +140,8 @@ def log_engine_run(kind: str, effects: Tensor, *, model: str, dataset_hash: str,
         values = effects.detach().double()
         mlflow.log_metrics({"max_abs_effect": values.abs().max().item(), "mean_effect": values.mean().item(),
                             **top_effects(effects, dims, top_k)})
-        for name, fig in _heatmaps(effects, dims, tick_labels or {}, f"{kind}: {model}").items():
+        for name, fig in _heatmaps(effects, dims, tick_labels or {}, f"{run_name or kind}: {model}", scale=scale,
+                                   chance=chance).items():
             log_figure(fig, f"figures/{name}")
         log_table(effects_table(effects, dims, ci), "effects/effects.csv")
         stored = {"effects": effects, **({"ci_low": ci[0], "ci_high": ci[1]} if ci is not None else {}),

@@ -58,9 +58,27 @@ def test_heatmap_axes():
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("position", "layer", "t")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"]
     lo, hi = ax.images[0].get_clim()
-    assert lo == -hi  # centred diverging scale
+    assert lo == -hi and ax.images[0].get_cmap().name == "RdBu_r"  # centred diverging scale
+    assert len(ax.texts) == 12  # a small grid carries its values
     with pytest.raises(ValueError, match="rows, cols"):
         effect_heatmap(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="scale must be"):
+        effect_heatmap(torch.rand(2, 3), scale="log")
+
+
+def test_unit_heatmaps_share_one_sequential_scale_and_mark_chance():
+    """Rates and attention weights: [0, 1] in every figure (not rescaled to each one's range), a
+    sequential colour map, chance on the colour bar; a long title wraps instead of being cut off."""
+    values = torch.tensor([[0.2, 0.3], [0.25, 0.4]])
+    title = "seed0, linear-chain queries: attention from the last position to the queried rule's conclusion"
+    fig = effect_heatmap(values, "layer", "head", scale="unit", chance=0.5, title=title)
+    ax, bar = fig.axes
+    assert ax.images[0].get_clim() == (0.0, 1.0) and ax.images[0].get_cmap().name == "viridis"
+    assert [t.get_text() for t in ax.texts] == ["0.20", "0.30", "0.25", "0.40"]
+    assert ax.get_title().replace("\n", " ") == title and "\n" in ax.get_title()
+    assert [line.get_ydata()[0] for line in bar.lines] == [0.5]
+    big = effect_heatmap(torch.rand(12, 30), scale="unit")
+    assert not big.axes[0].texts  # too many cells to read their values
 
 
 def test_log_engine_run_roundtrip(mlflow_store, tmp_path, per_example):

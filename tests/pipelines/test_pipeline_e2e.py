@@ -126,6 +126,32 @@ def test_second_repro_is_a_no_op(repro_project):
     assert "Data and pipelines are up to date" in again.stdout
 
 
+def test_a_clone_without_the_remote_diffs_its_metrics_against_the_committed_run(repro_project, tmp_path):
+    """The small metrics and plot data are committed (`cache: false`, let through .gitignore): a clone
+    with no DVC cache or remote shows them, and `dvc metrics diff` compares a new value with them."""
+    project, env, _ = repro_project
+    # what the run changed or added that git does not ignore
+    committable = run(["git", "ls-files", "-m", "-o", "--exclude-standard", "artifacts"], project, env).stdout.split()
+    assert {"artifacts/logic/metrics/seed0.json", "artifacts/logic/train/seed0_curve.csv",
+            "artifacts/logic/plots/seed0_breakdown.csv", "artifacts/logic/validation.json"} <= set(committable)
+    assert not [name for name in committable if name.endswith((".safetensors", ".parquet"))]  # those stay in DVC
+    clone = tmp_path / "clone"  # the team's repository after the run was committed (the project's HEAD is left alone)
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    for name in committable:
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(project / name, clone / name)
+    run(["git", "add", "artifacts"], clone, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the tiny run"], clone, env)
+    metrics = clone / "artifacts/logic/metrics/seed0.json"
+    committed = json.loads(metrics.read_text())
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], clone, env).stdout)
+    assert shown[""]["data"]["artifacts/logic/metrics/seed0.json"]["data"]["test"] == committed["test"]  # "": the workspace
+    metrics.write_text(json.dumps({**committed, "test": {**committed["test"], "exact_match": 0.123}}))
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], clone, env).stdout)
+    entry = diff["artifacts/logic/metrics/seed0.json"]["test.exact_match"]
+    assert entry["old"] == committed["test"]["exact_match"] and entry["new"] == 0.123
+
+
 def test_adding_a_seed_leaves_the_trained_seeds_cached(repro_project):
     project, env, _ = repro_project
     params_path = project / "params.yaml"
@@ -186,10 +212,10 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     metrics = project / "artifacts/logic/metrics/seed0.json"
     metrics_before = metrics.read_bytes()
     shutil.rmtree(project / ".dvc" / "cache")
-    # metrics, curves and the validation result travel with the data and models
-    for path in ("models", "data", "metrics", "train", "plots", "validation.json"):
-        target = project / "artifacts/logic" / path
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    # data and models travel through the DVC remote (the metrics, curves and validation result through
+    # git: `cache: false`, test_a_clone_without_the_remote_...)
+    for path in ("models", "data"):
+        shutil.rmtree(project / "artifacts/logic" / path)
     # The CPU pipeline's targets: the GPU pipeline (pipelines/llm) has not run here, and a bare
     # `dvc pull` fails on stages that never ran (README, "Sharing results with a team").
     lm = project / "artifacts/models" / LM / "model.safetensors"

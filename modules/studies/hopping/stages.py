@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from modules.core.io import atomic_dir, atomic_write_text, write_json
-from modules.core.tracking import lightning_logger, log_json, log_table, tracked_run
-from modules.studies.hopping import STUDY
+from modules.core.tracking import lightning_logger, log_json, log_table, log_trained_model, tracked_run
+from modules.studies.hopping import MODEL_NAME, STUDY
 from modules.studies.hopping.params import GRAPH_MODEL, HoppingParams, check_model_listed
 from modules.analysis.report import write_report
 
@@ -127,6 +127,7 @@ def train(params: HoppingParams, data: Path, tuned: Path | None, out: Path, metr
     with tracked_run(STUDY, "train", {**asdict(config), "seed": params.seed}, data_paths=[data]) as run:
         result = train_graph_model(tokenizer, tables, config, params.seed, loggers=[lightning_logger(run)])
         save_checkpoint(result.model, tokenizer, out)
+        log_trained_model(result.model, tokenizer, out, MODEL_NAME)
         summary = {"steps": result.steps, "wall_s": result.wall_s, "mlflow_run_id": run.info.run_id,
                    **{f"{name}_exact_match": value for name, value in result.scores.items()}}
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -164,6 +165,12 @@ def study_queries(params: HoppingParams, name: str, data: Path) -> pd.DataFrame:
     return queries.head(params.evaluate.max_queries) if params.evaluate.max_queries else queries
 
 
+def _inputs(name: str, model_path: Path, *read: Path) -> list[Path]:
+    """What a model stage's run records as read: ``read`` and the from-scratch model (linked to its training
+    run; a pretrained LM's directory is named by the run's ``path`` param instead of hashed at every run)."""
+    return [*read, *([model_path] if name == GRAPH_MODEL else [])]
+
+
 def evaluate(params: HoppingParams, name: str, data: Path, graph_model: Path | None, out: Path) -> dict:
     """E0: first hop, second hop and two-hop composition per query; the subsets the analyses use."""
     from modules.studies.hopping.queries import e0_summary, evaluate_queries, traceable
@@ -172,7 +179,7 @@ def evaluate(params: HoppingParams, name: str, data: Path, graph_model: Path | N
     queries = study_queries(params, name, data)
     config = params.evaluate
     with tracked_run(STUDY, f"evaluate-{name}", {"model": name, "path": str(path), **asdict(config)},
-                     data_paths=[data, params.world]) as run:
+                     data_paths=_inputs(name, path, data, Path(params.world))) as run:
         start = time.perf_counter()
         analysable, dropped = traceable(tokenizer, queries)
         evaluated = evaluate_queries(model, tokenizer, analysable, config.max_new_tokens, config.batch_size,
@@ -211,7 +218,7 @@ def backpatch(params: HoppingParams, name: str, data: Path, graph_model: Path | 
     model, tokenizer, path = load_model(params, name, graph_model)
     queries, _ = traceable(tokenizer, study_queries(params, name, data))
     with tracked_run(STUDY, f"backpatch-{name}", {"model": name, "path": str(path), **asdict(config)},
-                     data_paths=[data, evaluated_dir]) as run:
+                     data_paths=_inputs(name, path, data, evaluated_dir)) as run:
         start = time.perf_counter()
         table = run_backpatching(model, tokenizer, queries, evaluated, queries, config,
                                  progress=lambda m: print(m, flush=True))
@@ -268,7 +275,7 @@ def layers(params: HoppingParams, name: str, data: Path, graph_model: Path | Non
     model, tokenizer, path = load_model(params, name, graph_model)
     queries, _ = traceable(tokenizer, study_queries(params, name, data))
     with tracked_run(STUDY, f"layers-{name}", {"model": name, "path": str(path), **asdict(config)},
-                     data_paths=[data, evaluated_dir]) as run:
+                     data_paths=_inputs(name, path, data, evaluated_dir)) as run:
         start = time.perf_counter()
         tables = run_layers(model, tokenizer, queries, evaluated, config, progress=lambda m: print(m, flush=True))
         stages = stage_table(tables)

@@ -421,6 +421,7 @@ def run_circuit_study(model, tokenizer, test: pd.DataFrame, pairs: pd.DataFrame,
                                            config.batch_size, config.seed)
 
     progress("patching: residual stream")
+    summary["patching_tokens"] = tokenizer.convert_ids_to_tokens(examples.ids[0].tolist())  # the figure's axis
     patched = resid_patching(model, examples, config.batch_size)
     mean, low, high = patching_effects(patched, ld_clean, ld_flip, config.n_boot, config.seed)
     tensors |= {"patched_ld.resid_pre": patched, "effect.resid_pre": mean, "effect_ci_low.resid_pre": low,

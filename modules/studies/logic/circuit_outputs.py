@@ -1,6 +1,7 @@
 """The circuit study's outputs: heatmaps, headline metrics, the files on disk and the MLflow run."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -13,31 +14,40 @@ from modules.studies.logic.llm import DIRECTIONS
 
 def circuit_figures(result: CircuitResult, model_name: str) -> dict[str, object]:
     """Heatmaps: attention to the query per chain and to the rules and facts sections (layer x
-    head), patching effects of the residual
-    stream (layer x position) and of heads (layer x head), and probe accuracy per target."""
+    head), patching effects of the residual stream (layer x the first pair's tokens) and of heads
+    (layer x head), and probe accuracy per target with its majority-class floor. Attention weights
+    and accuracies on the same [0, 1] scale in every figure; effects on a diverging one."""
     from modules.engine.tracking import effect_heatmap
 
+    label = Path(model_name).name  # "seed0", not the whole path
     figures = {}
-    for target, what in (("query", "the query"), ("conclusion", "the queried rule's conclusion")):
+    for target, what in (("query", "the query variable"), ("conclusion", "the queried rule's conclusion")):
         for chain in DIRECTIONS:
             figures[f"attention_{target}_{chain}.png"] = effect_heatmap(
-                result.tensors[f"attention.{target}.{chain}"], "layer", "head",
-                title=f"{model_name}: attention from the last position to {what} ({chain} queries)")
+                result.tensors[f"attention.{target}.{chain}"], "layer", "head", scale="unit",
+                colorbar_label="mean attention weight",
+                title=f"{label}, {chain}-chain queries: attention from the last position to {what}")
     for section in ("rules", "facts"):
         figures[f"attention_{section}.png"] = effect_heatmap(
-            result.tensors[f"attention.{section}.all"], "layer", "head",
-            title=f"{model_name}: attention from the last position to the {section} section (all queries)")
-    for site, col in (("resid_pre", "position"), ("head_out", "head")):
+            result.tensors[f"attention.{section}.all"], "layer", "head", scale="unit",
+            colorbar_label="attention weight summed over the section",
+            title=f"{label}: attention from the last position to the {section.upper()} section (all queries)")
+    tokens = result.summary.get("patching_tokens")
+    if tokens is not None and "effect.resid_pre" in result.tensors and len(tokens) != result.tensors["effect.resid_pre"].shape[1]:
+        tokens = None  # positions that are not one prompt's tokens: numbered instead
+    for site, col, ticks in (("resid_pre", "position (the first pair's clean tokens)", tokens), ("head_out", "head", None)):
         if f"effect.{site}" in result.tensors:
             figures[f"patching_{site}.png"] = effect_heatmap(
-                result.tensors[f"effect.{site}"], "layer", col,
-                title=f"{model_name}: patching {site} (flipped -> clean), normalised effect")
+                result.tensors[f"effect.{site}"], "layer", col, col_ticks=ticks,
+                colorbar_label="share of the logit difference restored",
+                title=f"{label}: patching {site} from the clean into the flipped prompt")
     for target in PROBE_TARGETS:
-        table = result.probes[result.probes.target == target].pivot(index="layer", columns="position",
-                                                                    values="accuracy")
+        probes = result.probes[result.probes.target == target]
+        table = probes.pivot(index="layer", columns="position", values="accuracy")
         figures[f"probe_{target}.png"] = effect_heatmap(
-            torch.tensor(table.to_numpy()), "layer", "position", col_ticks=list(table.columns),
-            title=f"{model_name}: probe accuracy, {target}")
+            torch.tensor(table.to_numpy()), "layer", "position", col_ticks=list(table.columns), scale="unit",
+            chance=float(probes.majority.iloc[0]), colorbar_label="test accuracy (red: majority class)",
+            title=f"{label}: linear probe for {target.replace('_', ' ')}")
     return figures
 
 
@@ -93,4 +103,5 @@ def log_circuit(result: CircuitResult, model_name: str, dataset_hash: str, figur
                        tick_labels={"position": list(grid["accuracy"].columns)},
                        params={"target": target, "n_examples": result.summary["probes"]["n"],
                                "majority_baseline": float(probes.majority.iloc[0])},
-                       study=STUDY, nested=True, run_name=f"probe {target}")
+                       study=STUDY, nested=True, run_name=f"probe {target}", scale="unit",
+                       chance=float(probes.majority.iloc[0]))

@@ -390,7 +390,8 @@ def study_figures(result: StudyResult, model_name: str) -> dict[str, "object"]:
                                                          title=title)
     for name in FIGURE_STATS:
         figures[f"attention_{name}.png"] = effect_heatmap(result.tensors[f"attention.{name}"], "layer", "head",
-                                                          title=f"{model_name}: attention statistic '{name}'")
+                                                          title=f"{model_name}: attention statistic '{name}'",
+                                                          scale="unit")  # weights and shares, all in [0, 1]
     return figures
 
 

@@ -12,8 +12,8 @@ import mlflow
 import pandas as pd
 
 from modules.core.io import atomic_dir, atomic_write_text, write_json, write_yaml
-from modules.core.tracking import data_hash, lightning_logger, log_table, tracked_run
-from modules.studies.logic import STUDY
+from modules.core.tracking import data_hash, lightning_logger, log_table, log_trained_model, tracked_run
+from modules.studies.logic import MODEL_NAME, STUDY
 from modules.studies.logic.data import (end_compact_prompt, generate_splits, generate_traces, read_split,
                                         read_training_rows, splits_from_params, training_files, write_splits,
                                         write_traces)
@@ -151,6 +151,7 @@ def tune_training(tune: TuneParams, base, data_dir: Path, out: Path):
 def train_seed(config, seed: int, data_dir: Path, out: Path):
     """Train one seed's model (resumable from its checkpoints) and export it with its curve."""
     from modules.studies.logic.training.plots import curve_figure
+    from modules.studies.logic.tokenizer import build_logic_tokenizer
     from modules.studies.logic.training.train import export_model, train_logic_model
 
     val_path = data_dir / "val.parquet"
@@ -164,12 +165,13 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
                    "step_to_perfect_val": result.step_to_perfect_val}
         curve = pd.DataFrame(result.history)
         export_model(result.module, out / "models" / f"seed{seed}")
+        log_trained_model(result.module.model, build_logic_tokenizer(), out / "models" / f"seed{seed}", MODEL_NAME)
         write_json(summary, out / "train" / f"seed{seed}.json")
         atomic_write_text(out / "train" / f"seed{seed}_curve.csv", curve.to_csv(index=False))
         # the scores are already curves (the logger, at each validation's step): logged again here
         # they would add a second point at the last step
         mlflow.log_metrics({"steps": float(result.steps), "wall_s": result.wall_s}, step=result.steps)
-        mlflow.log_figure(curve_figure(curve, f"seed {seed}"), "training_curve.png")
+        mlflow.log_figure(curve_figure(curve, f"seed {seed}: training"), "training_curve.png")
         mlflow.log_artifact(str(out / "train" / f"seed{seed}_curve.csv"))
     return result
 
@@ -184,7 +186,7 @@ def evaluate_seed(seed: int, prompt_end: str, data_dir: Path, benchmark: Path, o
     model_dir = out / "models" / f"seed{seed}"
     sets = {"test": data_dir / "test.parquet", "benchmark": benchmark}
     with tracked_run(STUDY, f"evaluate-seed{seed}", {"seed": seed, "model": str(model_dir), "prompt_end": prompt_end},
-                     data_paths=list(sets.values())):
+                     data_paths=[*sets.values(), model_dir]):
         model, tokenizer = load_checkpoint(model_dir)
         metrics, tables = {"seed": seed}, []
         for name, path in sets.items():
@@ -216,7 +218,7 @@ def cache_seed_activations(config: ActivationParams, seed: int, data_dir: Path, 
     test_path = data_dir / "test.parquet"
     target = out / "activations" / f"seed{seed}"
     with tracked_run(STUDY, f"cache-activations-seed{seed}", {**config.as_dict(), "seed": seed},
-                     data_paths=[test_path]):
+                     data_paths=[test_path, model_dir]):
         counts = cache_activations(model_dir, test_path, config, target)
         mlflow.log_metrics({k: float(v) for k, v in counts.items()})
     return target
@@ -241,7 +243,7 @@ def analyze_seed(config, seed: int, data_dir: Path, pairs_path: Path, out: Path)
     residuals = cached_residuals(cache, cache.metadata["extra"]["positions"], first_prompt, tokenizer)
     name = f"seed{seed}"
     with tracked_run(STUDY, f"analysis-{name}", {"seed": seed, "model": str(model_dir), **vars(config)},
-                     data_paths=[test_path, pairs_path]) as mlflow_run:
+                     data_paths=[test_path, pairs_path, model_dir]) as mlflow_run:
         result = run_circuit_study(model, tokenizer, test, pairs, residuals, rows, config,
                                    progress=lambda message: print(f"{name}: {message}", flush=True))
         with atomic_dir(out / "analysis" / name) as tmp:
