@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from modules.core.checksums import CHECKSUMS
+from modules.core.checksums import CHECKSUMS, file_digest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -201,11 +201,7 @@ SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "evaluation"
 
 def dvc_md5(path: Path) -> str:
     """A file's hash as DVC 3 records it (the md5 of its bytes) in dvc.lock and the cache."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def log_data_inputs(path: Path) -> None:

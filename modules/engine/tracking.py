@@ -82,7 +82,7 @@ def effect_heatmap(effects: Tensor, row_label: str = "layer", col_label: str = "
         vmax = float(abs(values).max()) or 1.0
         cmap, vmin = "RdBu_r", -vmax
     # A bare Figure renders with the Agg canvas and never touches pyplot's global state.
-    fig = Figure(figsize=(min(2.5 + 0.55 * cols, 16), min(2 + 0.45 * rows, 12)))
+    fig = Figure(figsize=(min(max(5.0, 2.5 + 0.55 * cols), 16), min(max(3.0, 2 + 0.45 * rows), 12)))
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xlabel(col_label)
@@ -93,7 +93,8 @@ def effect_heatmap(effects: Tensor, row_label: str = "layer", col_label: str = "
     if rows * cols <= 120:
         for (row, col), value in numpy.ndenumerate(values):
             light = (value - vmin) / (vmax - vmin) < 0.5 if scale == "unit" else abs(value) > 0.6 * vmax
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+            text = f"{value:.2f}"
+            ax.text(col, row, "0.00" if text == "-0.00" else text, ha="center", va="center", fontsize=7,
                     color="white" if light else "black")
     if title:
         ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
