@@ -46,6 +46,7 @@ def group_of(item) -> str:
     return str(item.path.relative_to(item.config.rootpath))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into each test's group
 def pytest_collection_modifyitems(config, items):
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
     for item in items:
