@@ -30,14 +30,18 @@ def write_checksums(directory: str | Path, pattern: str = "*.safetensors") -> di
     return sums
 
 
+def read_checksums(directory: str | Path) -> dict[str, str]:
+    """file name -> sha256 from ``directory/checksums.json``; empty where there is no record."""
+    record = Path(directory) / CHECKSUMS
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def verify_checksums(directory: str | Path) -> None:
     """Raise a one-line ValueError when a file recorded in ``checksums.json`` is missing or differs;
     a directory without the record (an older export) passes."""
     directory = Path(directory)
     record = directory / CHECKSUMS
-    if not record.is_file():
-        return
-    for name, expected in json.loads(record.read_text()).items():
+    for name, expected in read_checksums(directory).items():
         path = directory / name
         if not path.is_file():
             raise ValueError(f"{path} is missing (recorded in {record})")

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from modules.core.checksums import CHECKSUMS, file_digest
+from modules.core.checksums import CHECKSUMS, file_digest, read_checksums
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -229,8 +229,7 @@ WEIGHTS_TAG = "weights_sha256"   # on a training run: the sha256 of the model.sa
 
 
 def weights_sha256(model_dir: Path) -> str | None:
-    sums = json.loads((Path(model_dir) / CHECKSUMS).read_text()) if (Path(model_dir) / CHECKSUMS).is_file() else {}
-    return sums.get("model.safetensors")
+    return read_checksums(model_dir).get("model.safetensors")
 
 
 def log_trained_model(model, tokenizer, model_dir: Path, registered_name: str) -> str:
