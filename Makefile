@@ -8,10 +8,10 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev site pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
-setup: $(VENV)/.installed data/logic_benchmark.parquet
+setup: $(VENV)/.installed $(VENV)/.web-assets data/logic_benchmark.parquet
 setup-dev: setup $(VENV)/.installed-dev
 
 $(VENV)/.installed: requirements.txt requirements.lock
@@ -19,9 +19,19 @@ $(VENV)/.installed: requirements.txt requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c requirements.lock
 	touch $@
 
-# The tests' and benchmarks' extras (pytest, TransformerLens, nnsight), which the main job does without.
+# Bootstrap, jQuery, Font Awesome, Vega, ... for the HTML pages (Data Docs, plots), so that they render
+# offline: npm packages pinned with their sha512 in modules/core/web_assets.json, into the venv.
+$(VENV)/.web-assets: modules/core/web_assets.json modules/core/web_assets.py | $(VENV)/.installed
+	$(PY) -m modules.core.web_assets fetch
+	touch $@
+
+# The tests' and benchmarks' extras (pytest, TransformerLens, nnsight), which the main job does without,
+# and Debian's Chromium for the offline-pages test (tests/offline_browser.py).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c requirements.lock
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	touch $@
 
 # The frozen benchmark comes from the DVC remote; on a machine that cannot reach the team's
@@ -36,11 +46,12 @@ data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 
 pipeline: setup
 	dvc repro
+	@$(PY) -m pipelines.site --reports reports
 	@echo
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/ artifacts/logic_llm/ artifacts/ontology/validation.json \
 	  artifacts/hopping/validation.json
 	@echo
-	@echo "Results: artifacts/logic/ (data, models, metrics, plots), reports/data_docs/logic/index.html"
+	@echo "Results: artifacts/logic/ (data, models, metrics, plots); every report, Data Docs and plot: reports/index.html"
 	@echo "Real LMs: artifacts/models/ (imported), artifacts/logic_llm/ (behaviour, fine-tuned model, studies), reports/logic_lms/README.md"
 	@echo "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)"
 
@@ -109,6 +120,7 @@ llm-full: setup
 # data, checks and model import first when they are not current.
 ontology: setup
 	dvc repro pipelines/ontology/dvc.yaml
+	@$(PY) -m pipelines.site --reports reports
 	@$(PY) -m modules.core.metrics_summary artifacts/ontology/
 
 # Study 3 (Biran et al. 2024; docs/hopping/study.md) at the CPU size: the from-scratch Llama tuned, trained
@@ -117,6 +129,7 @@ ontology: setup
 # checks and model import first when they are not current.
 hopping: setup
 	dvc repro pipelines/hopping/dvc.yaml
+	@$(PY) -m pipelines.site --reports reports
 	@$(PY) -m modules.core.metrics_summary artifacts/hopping/
 
 # Study 3 at the CPU size on both packaged models (the DVC experiment hopping-cpu-both, reported in
@@ -168,6 +181,10 @@ status: setup
 mlflow-ui: setup
 	@$(PY) -c "from modules.core.tracking import relocate_artifacts as r, tracking_uri as u; r(u())"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# reports/index.html: every report rendered to HTML, the Data Docs, the DVC plots page; all offline.
+site: setup
+	$(PY) -m pipelines.site --reports reports
 
 # MLproject is generated from the DVC pipelines (tests/core/test_mlproject.py checks it is current).
 mlproject: setup

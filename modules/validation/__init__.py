@@ -25,6 +25,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
 
 from modules.core.io import replace_dir  # noqa: E402
+from modules.core.web_assets import localize_site  # noqa: E402
 
 MAX_EXAMPLES = 5  # unexpected values kept per expectation in the summary
 EXPECTED_KWARGS = ("type_", "value_set", "min_value", "max_value", "column_list")
@@ -216,6 +217,7 @@ def run_suites(batches: Mapping[str, Batch], docs_dir: Path, suite_prefix: str) 
     staging.chmod(0o755)  # mkdtemp makes it private; the site is meant to be shared
     try:
         outcomes = _validate(_context(staging), batches, suite_prefix)
+        localize_site(staging)
         replace_dir(staging, docs_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

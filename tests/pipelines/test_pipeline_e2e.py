@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from modules.engine.activation_cache import ActivationCache
 from modules.studies.logic.circuit import PROBE_TARGETS
+from tests.offline_browser import browse
 from tests.pipelines.conftest import in_proof_order, make_project, run
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,29 @@ def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro
     report = (project / "reports/logic/README.md").read_text()
     assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
     assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
+
+
+def test_the_reports_front_page_renders_offline_in_chromium(repro_project):
+    """`make site` on the run's outputs: the front page, a study report, the DVC plots and the Data
+    Docs, opened in headless Chromium with no network, render their tables, figures and plots."""
+    project, env, _ = repro_project
+    run(["python", "-m", "pipelines.site", "--reports", "reports"], project, env)
+    reports = project / "reports"
+    validation = next((reports / "data_docs/logic/validations").rglob("*.html")).relative_to(reports).as_posix()
+    front, logic, plots, docs, checks = browse(reports, ["index.html", "site/logic.html", "plots/index.html",
+                                                         "data_docs/logic/index.html", validation])
+    for result in (front, logic, plots, docs, checks):
+        assert all(url.startswith(result["origin"]) for url in result["resources"]), result["resources"]
+        assert not result["broken_images"], result
+    reports_linked = {f"site/{p.parent.name}.html" for p in reports.glob("*/README.md")}
+    sites = {"data_docs/logic/index.html", "data_docs/logic_pairs/index.html", "data_docs/ontology/index.html",
+             "data_docs/hopping/world/index.html", "data_docs/hopping/graph/index.html"}
+    assert reports_linked | sites | {"plots/index.html"} <= set(front["links"])
+    assert front["rows"] == len(reports_linked)
+    assert logic["tables"] >= 1 and logic["images"] >= 1
+    assert plots["vega_views"] >= 3  # the training curve, the breakdown, the fine-tuning curve
+    assert docs["jquery"] == "function" and docs["bootstrap_tables"] >= 1 and docs["rows"] >= 1
+    assert checks["rows"] >= 5
 
 
 def test_second_repro_is_a_no_op(repro_project):
