@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -98,12 +99,19 @@ def browse(root: Path, pages: list[str]) -> list[dict]:
     """Load each page (a path relative to ``root``) offline; one result dict per page."""
     root = Path(root)
     (root / HARNESS).write_text(HARNESS_HTML)
+    try:
+        return _browse_isolated(root, pages)
+    finally:
+        (root / HARNESS).unlink(missing_ok=True)
+
+
+def _browse_isolated(root: Path, pages: list[str]) -> list[dict]:
     command = [sys.executable, "-m", "tests.offline_browser", str(root), *pages]
     cwd = Path(__file__).resolve().parents[1]
-    isolated = subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0 \
-        if shutil.which("unshare") else False
+    isolated = bool(shutil.which("unshare") and shutil.which("ip")) and \
+        subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
     if isolated:
-        script = "ip link set lo up && exec " + " ".join(f"'{c}'" for c in command)
+        script = "ip link set lo up && exec " + shlex.join(command)
         done = subprocess.run(["unshare", "-rn", "sh", "-c", script], cwd=cwd, capture_output=True,
                               text=True, timeout=900, env={**os.environ, "OFFLINE_ISOLATION": "network namespace"})
     else:
@@ -115,5 +123,8 @@ def browse(root: Path, pages: list[str]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for result in _serve_and_open(Path(sys.argv[1]), sys.argv[2:], os.environ.get("OFFLINE_ISOLATION", "none")):
+    # Inside the namespace (browse() sets OFFLINE_ISOLATION) serve and open; by hand, go through browse().
+    root, pages = Path(sys.argv[1]).resolve(), sys.argv[2:]
+    inside = os.environ.get("OFFLINE_ISOLATION")
+    for result in (_serve_and_open(root, pages, inside) if inside else browse(root, pages)):
         print(json.dumps(result))
