@@ -46,6 +46,8 @@ TINY_ONTOLOGY_PARAMS = {
     "behaviour": {"items": 6, "shots": 2},
     "heads": {"shots": 2, "subtasks": [8], "patch_items": 1, "lens_items": 2, "trace_items": 1, "mean_items": 2,
               "circuit_fractions": [0.1, 1.0], "random_sets": 1, "n_boot": 50},
+    "probe_data": {"train_items": 12, "test_items": 6},
+    "probes": {"epochs": 5, "hidden": 16, "n_boot": 50, "layers_per_fit": 31},
 }
 TINY_HOPPING_PARAMS = {
     "graph": {"entities": {"person": 24, "city": 6, "work": 10, "company": 6}, "test_size": 20, "ood_fraction": 0.3,

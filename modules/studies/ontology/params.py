@@ -7,6 +7,7 @@ from modules.core.params import GpuRun, load, param, section
 from modules.core.params import check_model_listed as check_listed
 from modules.studies.ontology.data.dataset import DataConfig
 from modules.studies.ontology.data.generator import HOPS
+from modules.studies.ontology.probe_data import ProbeDataConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,16 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class ProbeDataParams:
+    seed: int = param(range=(0, 2**63 - 1))
+    train_items: int = param(range=(1, 10**6))   # questions with the vocabulary's names
+    test_items: int = param(range=(1, 10**6))    # questions with novel names
+
+    def config(self) -> ProbeDataConfig:
+        return ProbeDataConfig(**asdict(self))
+
+
+@dataclass(frozen=True)
 class OntologyParams:
     vocabulary: str = param()     # data/ontology_vocabulary.yaml (data.dvc)
     data: DataParams = param()
@@ -31,6 +42,8 @@ class OntologyParams:
     models: tuple[str, ...] = param()  # names in params.yaml lms
     behaviour: dict = param()     # BehaviourConfig's
     heads: dict = param()         # HeadsConfig's
+    probe_data: ProbeDataParams = param()
+    probes: dict = param()        # ProbesConfig's
     report_dir: str = param()
     gpu: GpuRun = param()         # the 7B run: same stages and settings, its own outputs and report
 

@@ -19,6 +19,13 @@ PAPER = {  # Dutta et al. 2024 on Llama-2-7B (32 layers), as the brief derives t
     "sufficiency": "the one-hop task's heads (361-549 of 1,024, 35-54%) keep 0.88-1.00 agreement on every subtask",
     "pathways": "late heads take the answer from the generated chain, the question and the few-shot examples",
 }
+PAPER_PROBES = {  # the MLP probe's macro-F1 by hidden-state index of Llama-2-7B's 33, 0-4 shots (the brief's table 4.2)
+    "peak": "about 0.71 (0.707-0.714), chance 0.33",
+    "depth": "hidden states 10-16 of 32 (relative depth 0.31-0.50), for every shot count",
+    "band": (10 / 32, 16 / 32),
+    "linear": "linear probes fail where the MLP succeeds",
+    "embedding": "0.56-0.57 from the embeddings alone",
+}
 RIFT_TOLERANCE = 0.15  # the brief's acceptance: a transition within +-15% of depth/2
 
 
@@ -100,6 +107,59 @@ def claims(h: Mapping) -> list[list[str]]:
     return rows
 
 
+def _interval(entry: Mapping, key: str) -> dict:
+    low, high = entry[f"{key}_ci"]
+    return {"ci_low": low, "ci_high": high}
+
+
+def probe_claims(p: Mapping) -> list[list[str]]:
+    """The probe claims on the novel-name (OOD) test split, each with its bootstrap CI and a verdict."""
+    mlp, linear, n_layers = p["probes"]["mlp"]["ood"], p["probes"]["linear"]["ood"], p["n_layers"]
+    depth = [x / n_layers for x in mlp["peak_layer_ci"]]
+    band = PAPER_PROBES["band"]
+    inside = band[0] <= depth[0] and depth[1] <= band[1]
+    outside = depth[1] < band[0] or depth[0] > band[1]
+    linear_fails = linear["peak_ci"][1] < mlp["peak_ci"][0]
+    return [
+        ["an MLP probe reads the pair relation (positive / negative / unrelated) from the two words' states",
+         PAPER_PROBES["peak"], f"peak macro-F1 {mlp['peak_f1']:.3f} (95% CI {mlp['peak_ci'][0]:.3f}-"
+         f"{mlp['peak_ci'][1]:.3f}) at hidden state {mlp['peak_layer']} of {n_layers}; n = {mlp['n']} pairs",
+         verdict(_interval(mlp, "peak"), p["chance"], above=True)],
+        ["the peak sits in the middle layers", PAPER_PROBES["depth"],
+         f"relative depth {mlp['relative_peak']:.2f} (95% CI of the peak {depth[0]:.2f}-{depth[1]:.2f})",
+         "reproduced" if inside else "not reproduced" if outside else "inconclusive"],
+        ["linear probes fail", PAPER_PROBES["linear"],
+         f"linear peak {linear['peak_f1']:.3f} (95% CI {linear['peak_ci'][0]:.3f}-{linear['peak_ci'][1]:.3f}); "
+         f"MLP minus linear {mlp['over_linear']:+.3f} (95% CI {mlp['over_linear_ci'][0]:+.3f} to "
+         f"{mlp['over_linear_ci'][1]:+.3f})", "reproduced" if linear_fails else "not reproduced"],
+        ["(control) the embeddings alone, before any mixing", PAPER_PROBES["embedding"],
+         f"MLP {mlp['embedding_f1']:.3f} (95% CI {mlp['embedding_ci'][0]:.3f}-{mlp['embedding_ci'][1]:.3f})",
+         "above chance: word identity alone tells part of the label" if mlp["embedding_ci"][0] > p["chance"]
+         else "at chance"],
+        ["(the brief's target) the peak is above the last layer", "0.63 at the last state, 0 shots",
+         f"peak minus last {mlp['peak_minus_last']:+.3f} (95% CI {mlp['peak_minus_last_ci'][0]:+.3f} to "
+         f"{mlp['peak_minus_last_ci'][1]:+.3f})",
+         verdict(_interval(mlp, "peak_minus_last"), 0.0, above=True)],
+    ]
+
+
+def _probes(p: Mapping, figures: str) -> list[str]:
+    n = p["n_pairs"]
+    lines = [f"Token-mixing probes: {p['seconds']:.0f} s (MLflow run `{p['mlflow_run_id']}`); {p['shots']} shots; "
+             f"{n['train']} training pairs, {n['held_out']} held out (same names), {n['test']} test pairs whose "
+             "questions use novel concept and entity names (the claims below are on these). Each pair's two "
+             "first-sub-token states are concatenated; one probe a hidden state; macro-F1 with a bootstrap 95% "
+             "CI over pairs (the peak's CI from the same resamples).", ""]
+    lines += markdown_table(["claim", "paper (Llama-2-7B)", "ours", "verdict"], probe_claims(p))
+    rows = [[name, split, f"{e['peak_f1']:.3f} ({e['peak_ci'][0]:.3f}-{e['peak_ci'][1]:.3f})",
+             f"{e['peak_layer']} ({e['relative_peak']:.2f})", f"{e['embedding_f1']:.3f}", f"{e['last_f1']:.3f}"]
+            for name, by_split in p["probes"].items() for split, e in by_split.items()]
+    lines += ["", *markdown_table(["probe", "pairs", "peak macro-F1 (95% CI)", "peak state (relative depth)",
+                                   "embeddings", "last state"], rows),
+              "", f"![probes]({figures}/probes.png)", ""]
+    return lines
+
+
 def _heads(name: str, h: Mapping, figures: str) -> list[str]:
     lines = [f"Head analyses: {h['seconds']:.0f} s (MLflow run `{h['mlflow_run_id']}`); {h['n_layers']} layers x "
              f"{h['n_heads']} heads.", ""]
@@ -144,8 +204,10 @@ def render_report(params: OntologyParams, results: Mapping[str, Mapping], gpu: b
         lines += [f"## {name}", "", "### Behaviour", ""] + _behaviour(result["behaviour"])
         if "heads" in result:
             lines += ["### Heads", ""] + _heads(name, result["heads"], f"figures/{name}")
+        if "probes" in result:
+            lines += ["### Token-mixing probes", ""] + _probes(result["probes"], f"figures/{name}-probes")
     lines += ["## Not yet measured", "",
-              "The token-mixing probes and the one-hop task's inductive-reasoning heads are not in this report yet.",
+              "The one-hop task's inductive-reasoning heads are not in this report yet.",
               "The trace runs on the whole model, not on a pruned one as the paper's; the ablation means cover the "
               "test block only (the few-shot examples stay intact).", ""]
     return "\n".join(lines)

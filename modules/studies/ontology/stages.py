@@ -77,10 +77,12 @@ def report(params: OntologyParams, root: Path, out: Path, gpu: bool = False) -> 
         if not path.is_file():
             raise FileNotFoundError(f"no behaviour results at {path}; run the behaviour_ontology stage first")
         results[name] = {"behaviour": json.loads(path.read_text())}
-        heads = root / name / "heads" / "summary.json"
-        if heads.is_file():
-            results[name]["heads"] = json.loads(heads.read_text())
+        for part in ("heads", "probes"):
+            summary = root / name / part / "summary.json"
+            if summary.is_file():
+                results[name][part] = json.loads(summary.read_text())
     figures = {name: root / name / "heads" / "figures" for name in results if "heads" in results[name]}
+    figures |= {f"{name}-probes": root / name / "probes" / "figures" for name in results if "probes" in results[name]}
     return write_report(out, render_report(params, results, gpu), figures, study=STUDY,
                         run_name="report-gpu" if gpu else "report", results=results)
 
@@ -131,3 +133,68 @@ def validate_data(params: OntologyParams, data: Path, docs: Path, summary: Path)
         report = validate_ontology(data, settings, docs, summary, vocab)
         log_report(report, docs)
     return report
+
+
+def generate_probe_data(params: OntologyParams, out: Path) -> dict[str, int]:
+    """The token-mixing probe set (word pairs in questions, labelled) at ``out/pairs.parquet``."""
+    from modules.studies.ontology.probe_data import generate_probe_pairs, write_pairs
+    from modules.studies.ontology.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary(Path(params.vocabulary))
+    with tracked_run(STUDY, "generate-probes", {**params.probe_data.__dict__, "vocabulary": params.vocabulary},
+                     data_paths=[params.vocabulary]):
+        pairs = generate_probe_pairs(params.probe_data.config(), vocab)
+        with atomic_dir(out) as tmp:
+            write_pairs(pairs, tmp)
+        rows = {f"{split}.{label}": int(n) for (split, label), n in pairs.groupby(["split", "label"]).size().items()}
+        mlflow.log_metrics({f"rows.{key}": float(n) for key, n in rows.items()})
+    return rows
+
+
+def validate_probe_data(params: OntologyParams, data: Path, docs: Path, summary: Path):
+    """The probe set's independent label check and GX suite; one line on any violation."""
+    from modules.studies.ontology.probe_validation import validate_probe_data as validate
+    from modules.studies.ontology.vocabulary import load_vocabulary
+    from modules.validation import log_report
+
+    vocab = load_vocabulary(Path(params.vocabulary))
+    with tracked_run(STUDY, "validate-probes", {"vocabulary": params.vocabulary}, data_paths=[data]):
+        report = validate(data, docs, summary, vocab)
+        log_report(report, docs)
+    return report
+
+
+def run_probes(params: OntologyParams, name: str, weights: Path | None, data: Path, probe_data: Path,
+               out: Path, metrics: Path) -> dict:
+    """Per-layer linear and non-linear probes of the pair relation on the named model; the table, the
+    figure and the bootstrap tensors in ``out`` and in the MLflow run ``probes-<model>``."""
+    import pandas as pd
+
+    from modules.analysis.outputs import log_results, write_results
+    from modules.lms.registry import load_named
+    from modules.studies.ontology.probes import ProbesConfig, probes_figure, probes_metrics
+    from modules.studies.ontology.probes import run_probes as analyse
+
+    check_model_listed(params, name)
+    config = ProbesConfig.from_mapping(params.probes, complete=True)
+    pairs_path = probe_data / "pairs.parquet"
+    if not pairs_path.is_file():
+        raise FileNotFoundError(f"no probe set at {pairs_path}; run the generate_ontology_probes stage first")
+    pairs = pd.read_parquet(pairs_path)
+    shots = None
+    if config.shots:
+        from modules.studies.ontology.data.dataset import read_tables
+        shots = read_tables(data)["shots"]
+    model, tokenizer, path = load_named(name, weights)
+    with tracked_run(STUDY, f"probes-{name}", {"model": name, "path": str(path), **config.__dict__},
+                     data_paths=[pairs_path]) as run:
+        start = time.perf_counter()
+        summary, table, tensors = analyse(model, tokenizer, pairs, shots, config,
+                                          progress=lambda m: print(m, flush=True))
+        summary |= {"model": name, "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
+        figures = {"probes.png": probes_figure(table, summary, name)}
+        with atomic_dir(out) as tmp:
+            write_results(tmp, summary, {"probes.csv": table}, tensors, figures)
+        log_results(probes_metrics(summary), summary, {"probes.csv": table}, tensors, out / "figures")
+        write_json(probes_metrics(summary), metrics)
+    return summary
