@@ -48,6 +48,7 @@ TINY_ONTOLOGY_PARAMS = {
               "circuit_fractions": [0.1, 1.0], "random_sets": 1, "n_boot": 50},
     "probe_data": {"train_items": 12, "test_items": 6},
     "probes": {"epochs": 5, "hidden": 16, "n_boot": 50, "layers_per_fit": 31},
+    "onehop": {"items": 1, "n_boot": 50},
 }
 TINY_HOPPING_PARAMS = {
     "graph": {"entities": {"person": 24, "city": 6, "work": 10, "company": 6}, "test_size": 20, "ood_fraction": 0.3,

@@ -26,7 +26,8 @@ def test_study2_runs_on_the_real_smollm2(ontology_project):
     for stage in ("generate_ontology", "validate_ontology", "generate_ontology_probes", "validate_ontology_probes"):
         assert f"Running stage '{stage}'" in study.stdout
     assert ran_or_restored(f"import_lm@{LM}", study.stdout)
-    for stage in (f"behaviour_ontology@{LM}", f"heads_ontology@{LM}", f"probes_ontology@{LM}", "report_ontology"):
+    for stage in (f"behaviour_ontology@{LM}", f"heads_ontology@{LM}", f"probes_ontology@{LM}", f"onehop_ontology@{LM}",
+                  "report_ontology"):
         assert f"Running stage '{PIPELINE}:{stage}'" in study.stdout
     assert (project / "reports/data_docs/ontology/index.html").is_file()
     items = pd.read_parquet(project / "artifacts/ontology/data/items.parquet")
@@ -47,11 +48,15 @@ def test_study2_runs_on_the_real_smollm2(ontology_project):
     assert probes["n_layers"] == 30 and probes["n_pairs"]["test"] == 3 * 4 * 6
     table = pd.read_csv(project / f"artifacts/ontology/{LM}/probes/probes.csv")
     assert len(table) == 2 * 2 * 31 and table.macro_f1.between(0, 1).all()
+    onehop = json.loads((project / f"artifacts/ontology/{LM}/onehop/summary.json").read_text())
+    assert set(onehop["corruptions"]) == {"class", "rule", "property"} and onehop["n_heads"] == 9
+    assert all(e["n"] <= 1 for e in onehop["corruptions"].values())
     report = (project / "reports/ontology/README.md").read_text()
+    assert "### The one-hop task's heads" in report
     assert f"## {LM}" in report and "| claim | paper (Llama-2-7B) | ours | verdict |" in report
     assert "### Token-mixing probes" in report and (project / f"reports/ontology/figures/{LM}-probes/probes.png").is_file()
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("ontology-cot").experiment_id])
     assert {"generate", "validate", f"behaviour-{LM}", f"heads-{LM}", "generate-probes", "validate-probes",
-            f"probes-{LM}"} <= {r.info.run_name for r in runs}
+            f"probes-{LM}", f"onehop-{LM}"} <= {r.info.run_name for r in runs}
     assert "Running stage" not in run(["dvc", "repro", PIPELINE], project, env).stdout

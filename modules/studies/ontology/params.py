@@ -44,6 +44,7 @@ class OntologyParams:
     heads: dict = param()         # HeadsConfig's
     probe_data: ProbeDataParams = param()
     probes: dict = param()        # ProbesConfig's
+    onehop: dict = param()        # OnehopConfig's
     report_dir: str = param()
     gpu: GpuRun = param()         # the 7B run: same stages and settings, its own outputs and report
 

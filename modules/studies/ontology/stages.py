@@ -77,14 +77,28 @@ def report(params: OntologyParams, root: Path, out: Path, gpu: bool = False) -> 
         if not path.is_file():
             raise FileNotFoundError(f"no behaviour results at {path}; run the behaviour_ontology stage first")
         results[name] = {"behaviour": json.loads(path.read_text())}
-        for part in ("heads", "probes"):
+        for part in ("heads", "onehop", "probes"):
             summary = root / name / part / "summary.json"
             if summary.is_file():
                 results[name][part] = json.loads(summary.read_text())
     figures = {name: root / name / "heads" / "figures" for name in results if "heads" in results[name]}
-    figures |= {f"{name}-probes": root / name / "probes" / "figures" for name in results if "probes" in results[name]}
+    figures |= {f"{name}-{part}": root / name / part / "figures" for name in results
+                for part in ("onehop", "probes") if part in results[name]}
     return write_report(out, render_report(params, results, gpu), figures, study=STUDY,
                         run_name="report-gpu" if gpu else "report", results=results)
+
+
+def _subtask_inputs(params: OntologyParams, name: str, weights: Path | None, data: Path, behaviour_dir: Path):
+    """The tables, the behaviour stage's per-subtask results (its path) and the loaded model, for the
+    analyses that work on the subtasks the model gets right."""
+    from modules.lms.registry import load_named
+    from modules.studies.ontology.data.dataset import read_tables
+
+    check_model_listed(params, name)
+    per_subtask = behaviour_dir / "subtasks.csv"
+    if not per_subtask.is_file():
+        raise FileNotFoundError(f"no behaviour results at {per_subtask}; run the behaviour_ontology stage first")
+    return read_tables(data), per_subtask, load_named(name, weights)
 
 
 def run_heads(params: OntologyParams, name: str, weights: Path | None, data: Path, behaviour_dir: Path,
@@ -94,18 +108,11 @@ def run_heads(params: OntologyParams, name: str, weights: Path | None, data: Pat
     import pandas as pd
 
     from modules.analysis.outputs import log_results, write_results
-    from modules.lms.registry import load_named
-    from modules.studies.ontology.data.dataset import read_tables
     from modules.studies.ontology.heads import HeadsConfig, heads_figures, heads_metrics
     from modules.studies.ontology.heads import run_heads as analyse
 
-    check_model_listed(params, name)
     config = HeadsConfig.from_mapping(params.heads, complete=True)
-    per_subtask = behaviour_dir / "subtasks.csv"
-    if not per_subtask.is_file():
-        raise FileNotFoundError(f"no behaviour results at {per_subtask}; run the behaviour_ontology stage first")
-    tables = read_tables(data)
-    model, tokenizer, path = load_named(name, weights)
+    tables, per_subtask, (model, tokenizer, path) = _subtask_inputs(params, name, weights, data, behaviour_dir)
     with tracked_run(STUDY, f"heads-{name}", {"model": name, "path": str(path), **config.__dict__},
                      data_paths=[data, per_subtask]) as run:
         start = time.perf_counter()
@@ -197,4 +204,32 @@ def run_probes(params: OntologyParams, name: str, weights: Path | None, data: Pa
             write_results(tmp, summary, {"probes.csv": table}, tensors, figures)
         log_results(probes_metrics(summary), summary, {"probes.csv": table}, tensors, out / "figures")
         write_json(probes_metrics(summary), metrics)
+    return summary
+
+
+def run_onehop(params: OntologyParams, name: str, weights: Path | None, data: Path, behaviour_dir: Path,
+               out: Path, metrics: Path) -> dict:
+    """The one-hop task's heads by patching, and whether they suffice for each subtask; the MLflow
+    run ``onehop-<model>``."""
+    import pandas as pd
+
+    from modules.analysis.outputs import log_results, write_results
+    from modules.studies.ontology.heads import HeadsConfig
+    from modules.studies.ontology.onehop import OnehopConfig, onehop_figure, onehop_metrics
+    from modules.studies.ontology.onehop import run_onehop as analyse
+
+    config = OnehopConfig.from_mapping(params.onehop, complete=True)
+    heads_config = HeadsConfig.from_mapping(params.heads, complete=True)
+    tables, per_subtask, (model, tokenizer, path) = _subtask_inputs(params, name, weights, data, behaviour_dir)
+    with tracked_run(STUDY, f"onehop-{name}", {"model": name, "path": str(path), **config.__dict__},
+                     data_paths=[data, per_subtask]) as run:
+        start = time.perf_counter()
+        summary, tensors = analyse(model, tokenizer, tables, pd.read_csv(per_subtask), config, heads_config,
+                                   progress=lambda m: print(m, flush=True))
+        summary |= {"model": name, "seconds": time.perf_counter() - start, "mlflow_run_id": run.info.run_id}
+        figures = {"onehop_heads.png": onehop_figure(tensors, name)} if "combined" in tensors else {}
+        with atomic_dir(out) as tmp:
+            write_results(tmp, summary, {}, tensors, figures)
+        log_results(onehop_metrics(summary), summary, {}, tensors, out / "figures")
+        write_json(onehop_metrics(summary), metrics)
     return summary
