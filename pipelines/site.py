@@ -1,7 +1,7 @@
 """The lab's front page: reports/index.html, each report rendered to HTML, the DVC plots page."""
 from pathlib import Path
 
-from modules.analysis.site import build_site
+from modules.core.site import build_site
 from modules.core.stage import run, stage_args
 
 

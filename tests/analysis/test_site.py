@@ -8,7 +8,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from modules.analysis.site import build_site, render_report  # noqa: E402
+from modules.core.site import build_site, render_report  # noqa: E402
 from modules.core.web_assets import (fetch, inline_vega_template, load_manifest, network_loads,  # noqa: E402
                                      require)
 from tests.offline_browser import browse  # noqa: E402
