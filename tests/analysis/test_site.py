@@ -1,6 +1,8 @@
 """The offline front page (reports/index.html) and the pinned front-end assets behind it."""
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -99,3 +101,15 @@ def test_every_cdn_address_maps_to_a_pinned_file():
     for target in [*manifest["cdn"].values(), *manifest["vega"]]:
         spec = next((s for s in manifest["packages"] if target.startswith(s + "/")), None)
         assert spec and target[len(spec) + 1:] in manifest["packages"][spec]["files"], target
+
+
+def test_every_figure_a_committed_report_shows_is_in_the_repository():
+    """A report's image links resolve to files git tracks (the offline pages and the repository's
+    web page show the same figures); a wrong link once hid every study-3 figure."""
+    root = Path(__file__).resolve().parents[2]
+    tracked = set(subprocess.run(["git", "ls-files", "reports"], cwd=root, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    missing = [f"{readme.relative_to(root)}: {link}" for readme in sorted((root / "reports").glob("*/README.md"))
+               for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme.read_text())
+               if (readme.parent / link).relative_to(root).as_posix() not in tracked]
+    assert not missing, missing

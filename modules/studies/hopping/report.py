@@ -192,8 +192,8 @@ def render_report(params: HoppingParams, results: Mapping[str, Mapping], trainin
             lines += ["### Claims", ""] + markdown_table(["claim", "paper", "ours", "verdict"], claims) + [""]
         if "backpatch" in result:
             lines += ["### Back-patching (E5) and its controls", ""] + _backpatch(result["backpatch"]) + [""]
-            lines += [f"![back-patching t1](figures/{name}/backpatch/figures/backpatch_t1.png)",
-                      f"![back-patching t2](figures/{name}/backpatch/figures/backpatch_t2.png)", ""]
+            lines += [f"![back-patching t1](figures/{name}/backpatch/backpatch_t1.png)",
+                      f"![back-patching t2](figures/{name}/backpatch/backpatch_t2.png)", ""]
         if "layers" in result:
             lay = result["layers"]
             lines += ["### Where the hops happen (E1-E4)", "",
@@ -202,7 +202,7 @@ def render_report(params: HoppingParams, results: Mapping[str, Mapping], trainin
                       + ". Share of "
                       f"knockouts (last -> t1, window ±{lay['knockout_window']}) that change the answer, by layer: "
                       + ", ".join(f"{v:.2f}" for v in lay["knockout_changed_by_layer"]) + ".", "",
-                      f"![stages](figures/{name}/layers/figures/stages.png)",
-                      f"![e2 from t1](figures/{name}/layers/figures/description_t1_e2.png)",
-                      f"![e3 from t2](figures/{name}/layers/figures/description_t2_e3.png)", ""]
+                      f"![stages](figures/{name}/layers/stages.png)",
+                      f"![e2 from t1](figures/{name}/layers/description_t1_e2.png)",
+                      f"![e3 from t2](figures/{name}/layers/description_t2_e3.png)", ""]
     return "\n".join(lines) + "\n"

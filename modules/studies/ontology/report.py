@@ -156,6 +156,9 @@ def _probes(p: Mapping, figures: str) -> list[str]:
             for name, by_split in p["probes"].items() for split, e in by_split.items()]
     lines += ["", *markdown_table(["probe", "pairs", "peak macro-F1 (95% CI)", "peak state (relative depth)",
                                    "embeddings", "last state"], rows),
+              "", "**Caveat.** In this probe set a negative pair's object follows \"not\", and an unrelated pair "
+              "spans two sentences while a related pair sits in one: local context separates the classes, so a "
+              "high score does not by itself show that the model relates the concepts through the ontology.",
               "", f"![probes]({figures}/probes.png)", ""]
     return lines
 
@@ -173,6 +176,9 @@ def _onehop(o: Mapping, figures: str) -> list[str]:
                      f"({top['layer']},{top['head']}) {top['score']:.2f} [{top['ci_low']:.2f}, {top['ci_high']:.2f}]"
                      if top else "-"])
     lines += markdown_table(["corruption", "patched", "not used (reason: count)", "top head by patching"], rows)
+    unused = [c for c, e in o["corruptions"].items() if not e["n"]]
+    if unused and o["top_combined"]:
+        lines += ["", f"No usable item for {', '.join(unused)}: the ranking averages the other corruptions only."]
     analysed = {s: e for s, e in o["subtasks"].items() if e.get("n")}
     if not o["top_combined"] or not analysed:
         verdict_text, ours = "not testable", "no one-hop item or no subtask example to test"
