@@ -15,10 +15,13 @@ class StepReport(Callback):
 
     Lightning logs a step's metrics at the number of steps taken before it (a 0-based index); a
     logged ``step`` metric replaces that, here with the count after it, so the loss of the 250th
-    update, its learning rate and the validation that follows it all sit at step 250."""
+    update, its learning rate and the validation that follows it all sit at step 250.
+    ``step_offset`` shifts that count by the steps earlier runs of the same training spent (a
+    restarted run's curve continues where the abandoned one stopped)."""
 
-    def __init__(self, label: str, print_fn: Callable[[str], None] = lambda line: print(line, flush=True)):
-        self.label, self.print_fn = label, print_fn
+    def __init__(self, label: str, print_fn: Callable[[str], None] = lambda line: print(line, flush=True),
+                 step_offset: int = 0):
+        self.label, self.print_fn, self.step_offset = label, print_fn, step_offset
         self.start = time.perf_counter()
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -29,11 +32,12 @@ class StepReport(Callback):
         pl_module.log("lr", float(lr), on_step=True, on_epoch=False, batch_size=1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.log("step", float(trainer.global_step), on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("step", float(self.step_offset + trainer.global_step), on_step=True, on_epoch=False,
+                      batch_size=1)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            pl_module.log("step", float(trainer.global_step), batch_size=1)
+            pl_module.log("step", float(self.step_offset + trainer.global_step), batch_size=1)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

@@ -1,6 +1,7 @@
 """The real pipeline, end to end, on CPU-tiny params: dvc repro, MLflow runs, DVC remote."""
 import hashlib
 import json
+import re
 import shutil
 
 import mlflow
@@ -117,7 +118,9 @@ def test_the_default_recipe_writes_rules_in_proof_order_beside_query_twins(repro
     assert model_keys and not any("source_head" in key for key in model_keys)  # the head is dropped
     report = (project / "reports/logic/README.md").read_text()
     assert "400 depth-3 problems, each chain's rules written in proof order, whose prompts end at the query" in report
-    assert report.count("adapted: layer-") == 1 and "attention_conclusion_linear.png" in report
+    # the adapted claim and its LogOp control across seeds, then seed 0's row
+    assert report.count("adapted: layer-") == 3 and "attention_conclusion_linear.png" in report
+    assert re.search(r"^\| 0 \| [0-9.]+% \(95% CI [^)]*\); n = 120 \| 0 \| ", report, re.M)  # the seeds table, no restart
 
 
 def test_the_reports_front_page_renders_offline_in_chromium(repro_project):

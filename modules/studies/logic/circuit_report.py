@@ -34,10 +34,10 @@ def data_sentence(data: Mapping) -> str:
 
 
 def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping], figures_dir: str = "figures",
-                  data: Mapping | None = None) -> str:
+                  data: Mapping | None = None, training: Mapping[int, Mapping] | None = None) -> str:
     """``seeds``: seed -> analysis summary (with its probe table under ``probes.table``);
     ``evaluation``: seed -> the evaluate stage's metrics; ``data``: the params.yaml ``logic.data``
-    section the models were trained on."""
+    section the models were trained on; ``training``: seed -> the train stage's summary."""
     first = seeds[min(seeds)]
     last_layer, routing_layer = first["n_layers"] - 1, first["routing_direction"]["layer"]
     lines = [
@@ -54,8 +54,6 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         "every quantity.",
         "",
         *([data_sentence(data), ""] if data else []),
-        "## The paper's claims next to ours",
-        "",
     ]
     # a prompt that ends at the query variable decides there: its "attention to the query" is to itself
     moot = "not applicable: the last position is the query" if (data or {}).get("prompt_end") == "query" else None
@@ -93,7 +91,14 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
                          f"above {PROBE_LINEAR_SOURCE:.0%}",
                          f"{pct_ci(entry)}; n = {probe['n_test']} held out; majority class {probe['majority']:.1%}",
                          verdict(entry, PROBE_LINEAR_SOURCE, above=True)])
-    lines += markdown_table(["quantity", f"paper ({PAPER.split(',')[0]})", "ours", "verdict"], rows)
+    paper = f"paper ({PAPER.split(',')[0]})"
+    lines += ["## Across seeds", "", f"Each of the paper's claims, tested on every seed's model ({len(seeds)} "
+              f"seed{'s' if len(seeds) > 1 else ''}; the seed-by-seed rows, with CIs and n, are below):", ""]
+    lines += markdown_table(["claim", paper, "seeds: reproduced / not reproduced / inconclusive", "ours, per seed"],
+                            across_seeds(rows))
+    lines += ["", *seeds_table(seeds, evaluation, training or {}), "", "## The paper's claims next to ours, seed by seed",
+              ""]
+    lines += markdown_table(["quantity", paper, "ours", "verdict"], rows)
     lines += ["", "A verdict is *reproduced* when our whole CI lies on the paper's side of its threshold, "
               "*not reproduced* when it lies wholly on the other side, else *inconclusive*."
               + (" The *adapted* rows apply the paper's routing thresholds to the attention from the query "
@@ -104,6 +109,55 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         lines += _seed_section(seed, summary, figures_dir)
     lines += [f"Source of the paper's claims: {PAPER}.", ""]
     return "\n".join(lines)
+
+
+def across_seeds(rows: list[list[str]]) -> list[list[str]]:
+    """The seed-by-seed claim rows (``quantity, seed N``) grouped by claim: how many seeds give each
+    verdict, and every seed's estimate (the text before its CI)."""
+    claims: dict[str, dict] = {}
+    for quantity, paper, ours, outcome in rows:
+        claim, seed = quantity.rsplit(", seed ", 1)
+        if claim == "same head, LogOp queries":  # belongs to the claim above it
+            claim = f"{list(claims)[-1]}: the same head on LogOp queries"
+        entry = claims.setdefault(claim, {"paper": paper, "verdicts": [], "values": []})
+        entry["verdicts"].append(outcome)
+        entry["values"].append(f"{seed}: {ours.split(' (95% CI')[0]}")
+    out = []
+    for claim, entry in claims.items():
+        counts = [entry["verdicts"].count(v) for v in ("reproduced", "not reproduced", "inconclusive")]
+        other = len(entry["verdicts"]) - sum(counts)
+        tally = " / ".join(map(str, counts)) + (f" ({other} not applicable)" if other else "")
+        out.append([claim, entry["paper"], tally, "; ".join(entry["values"])])
+    return out
+
+
+def seeds_table(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping],
+                training: Mapping[int, Mapping]) -> list[str]:
+    """One row a seed: training (restarts, the first perfect validation), test exact match and the
+    planning circuit the analysis names."""
+    rows, perfect = [], 0
+    for seed, summary in seeds.items():
+        train, test = training.get(seed, {}), evaluation.get(seed, {}).get("test")
+        perfect += bool(test and test["exact_match"] == 1.0)
+        restarts = train.get("restarts")
+        restart_text = ("n/a" if restarts is None else "0" if not restarts
+                        else f"{restarts} (trained with seed {train['trained_seed']})")
+        step = train.get("step_to_perfect_val")
+        first = ("n/a" if not train else "never" if step is None
+                 else f"step {step:,} ({train['time_to_perfect_val_s']:.0f} s)")
+        circuit = summary.get("circuit") or {}
+        heads = ", ".join(f"({h['layer']},{h['head']})" for h in circuit.get("circuit", [])) or "none named"
+        kept = pct_ci(circuit["sufficiency"]) if circuit.get("circuit") else "n/a"
+        rows.append([str(seed), pct_ci({"mean": test["exact_match"], "ci_low": test["ci_low"],
+                                        "ci_high": test["ci_high"]}, 2) + f"; n = {test['n']:,}" if test else "n/a",
+                     restart_text, first, heads, kept])
+    return ["## Seeds side by side", "",
+            f"Test exact match is 100.00% in **{perfect} of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}**. Restarts: runs abandoned by the "
+            "query-reading check (`logic.train.query_check_step`, `query_check_min`); the first perfect "
+            "validation counts the steps and seconds of abandoned runs too.", "",
+            *markdown_table(["seed", "test exact match", "restarts", "first perfect validation",
+                             "planning circuit (heads a mean-ablation breaks)", "keeping only the circuit keeps"],
+                            rows)]
 
 
 def _section_table(summary: Mapping) -> list[str]:

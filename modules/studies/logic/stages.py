@@ -162,7 +162,8 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
                                    label=f"train seed{seed}")
         summary = {"seed": seed, "steps": result.steps, "wall_s": result.wall_s,
                    "val_exact_match": result.val_exact_match, "time_to_perfect_val_s": result.time_to_perfect_val_s,
-                   "step_to_perfect_val": result.step_to_perfect_val}
+                   "step_to_perfect_val": result.step_to_perfect_val, "restarts": len(result.restarts),
+                   "trained_seed": result.seed}
         curve = pd.DataFrame(result.history)
         export_model(result.module, out / "models" / f"seed{seed}")
         log_trained_model(result.module.model, build_logic_tokenizer(), out / "models" / f"seed{seed}", MODEL_NAME)
@@ -170,7 +171,11 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
         atomic_write_text(out / "train" / f"seed{seed}_curve.csv", curve.to_csv(index=False))
         # the scores are already curves (the logger, at each validation's step): logged again here
         # they would add a second point at the last step
-        mlflow.log_metrics({"steps": float(result.steps), "wall_s": result.wall_s}, step=result.steps)
+        mlflow.log_metrics({"steps": float(result.steps), "wall_s": result.wall_s,
+                            "restarts": float(len(result.restarts))}, step=result.steps)
+        mlflow.set_tag("trained_seed", str(result.seed))
+        if result.restarts:
+            mlflow.log_dict({"abandoned_runs": result.restarts}, "restarts.json")
         mlflow.log_figure(curve_figure(curve, f"seed {seed}: training"), "training_curve.png")
         mlflow.log_artifact(str(out / "train" / f"seed{seed}_curve.csv"))
     return result
@@ -253,12 +258,14 @@ def analyze_seed(config, seed: int, data_dir: Path, pairs_path: Path, out: Path)
     return out / "analysis" / name
 
 
-def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Path, out: Path) -> Path:
-    """The study's report (README.md and each seed's figures) from the analysis and evaluation outputs."""
+def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Path, out: Path,
+                 training_dir: Path | None = None) -> Path:
+    """The study's report (README.md and each seed's figures) from the analysis, evaluation and
+    (``training_dir``) training outputs."""
     from modules.analysis.report import write_report as write_report_dir
     from modules.studies.logic.circuit_report import render_report
 
-    summaries, evaluation = {}, {}
+    summaries, evaluation, training = {}, {}, {}
     for seed in seeds:
         folder = analysis / f"seed{seed}"
         summary = json.loads(_need(folder / "summary.json", f"analysis for seed {seed}", "analyze_logic").read_text())
@@ -266,6 +273,8 @@ def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Pa
         summaries[seed] = summary
         if (metrics / f"seed{seed}.json").is_file():
             evaluation[seed] = json.loads((metrics / f"seed{seed}.json").read_text())
-    return write_report_dir(out, render_report(summaries, evaluation, data=data.as_dict()),
+        if training_dir is not None and (training_dir / f"seed{seed}.json").is_file():
+            training[seed] = json.loads((training_dir / f"seed{seed}.json").read_text())
+    return write_report_dir(out, render_report(summaries, evaluation, data=data.as_dict(), training=training),
                             {f"seed{seed}": analysis / f"seed{seed}" / "figures" for seed in summaries},
                             study=STUDY, run_name="report", results=[summaries, evaluation])

@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
@@ -58,6 +59,14 @@ class TrainConfig:
     ema_decay: float = param(0.0, range=(0.0, 0.999999))  # an EMA of the weights from the learning-rate peak on; 0 = none
     stop_on_perfect: bool = param(True)
     perfect_patience: int = param(1, range=(1, 1000))
+    # The query-reading check: a run whose first validation from step query_check_step on scores
+    # below query_check_min has not learned to read the query (such runs plateau at 0.64-0.76;
+    # notebook, "Restarts"). It stops there and training starts again from a fresh initialisation
+    # and batch order (restart_seed), at most max_restarts times. 0, or a step the schedule does not
+    # reach before its end: no check.
+    query_check_step: int = param(0, range=(0, 10**8))
+    query_check_min: float = param(0.9, range=(0.0, 1.0))
+    max_restarts: int = param(2, range=(0, 100))
     # Machine settings, not the recipe: params.yaml may leave them out.
     accelerator: str = param("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"), optional=True)
     devices: Any = param(1, optional=True)
@@ -83,10 +92,13 @@ class TrainConfig:
 
 class PerfectAccuracyStop(Callback):
     """Record the validation curve and the wall time to the first perfect validation score;
-    stop after ``patience`` perfect validations in a row."""
+    stop after ``patience`` perfect validations in a row. Steps and seconds count from
+    ``step_offset`` and ``time_offset``: what abandoned runs of the same training spent before."""
 
-    def __init__(self, patience: int = 1, stop: bool = True):
+    def __init__(self, patience: int = 1, stop: bool = True, step_offset: int = 0, time_offset: float = 0.0,
+                 attempt: int = 0):
         self.patience, self.stop = patience, stop
+        self.step_offset, self.time_offset, self.attempt = step_offset, time_offset, attempt
         self.start = time.perf_counter()
         self.streak = 0
         self.time_to_perfect: float | None = None
@@ -95,7 +107,7 @@ class PerfectAccuracyStop(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # After a resume, the clock continues from the time already spent.
-        self.start = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        self.start = time.perf_counter() - (self.history[-1]["elapsed_s"] - self.time_offset if self.history else 0.0)
 
     def state_dict(self) -> dict:
         return {"history": self.history, "time_to_perfect": self.time_to_perfect,
@@ -113,19 +125,53 @@ class PerfectAccuracyStop(Callback):
         if score is None:
             return
         loss = trainer.callback_metrics.get("train_loss")
-        self.history.append({"step": trainer.global_step, "elapsed_s": time.perf_counter() - self.start,
+        elapsed = self.time_offset + time.perf_counter() - self.start
+        self.history.append({"step": self.step_offset + trainer.global_step, "elapsed_s": elapsed,
                              "val_exact_match": float(score),
-                             "train_loss": float(loss) if loss is not None else float("nan")})
+                             "train_loss": float(loss) if loss is not None else float("nan"), "attempt": self.attempt})
         perfect = float(score) >= 1.0
         self.streak = self.streak + 1 if perfect else 0
         if perfect and self.time_to_perfect is None:
-            self.time_to_perfect = time.perf_counter() - self.start
-            self.step_to_perfect = trainer.global_step
+            self.time_to_perfect = elapsed
+            self.step_to_perfect = self.step_offset + trainer.global_step
             for logger in trainer.loggers:
                 logger.log_metrics({"time_to_perfect_val_s": self.time_to_perfect,
                                     "step_to_perfect_val": self.step_to_perfect}, step=trainer.global_step)
         if self.stop and self.streak >= self.patience:
             trainer.should_stop = True
+
+
+class QueryReadingCheck(Callback):
+    """Stop a run whose first validation from ``step`` on (before the schedule's end) scores below
+    ``minimum``: it has not learned to read the query. ``failed`` then holds the step and the score.
+    The check is made once; a run resumed past it is not checked again."""
+
+    def __init__(self, step: int, minimum: float):
+        self.step, self.minimum = step, minimum
+        self.checked = False
+        self.failed: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"checked": self.checked}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checked = state["checked"]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if (trainer.sanity_checking or self.checked or trainer.global_step < self.step
+                or trainer.global_step >= trainer.max_steps):
+            return
+        self.checked = True
+        score = float(trainer.callback_metrics["val_exact_match"])
+        if score < self.minimum:
+            self.failed = {"step": trainer.global_step, "val_exact_match": score}
+            trainer.should_stop = True
+
+
+def restart_seed(seed: int, attempt: int) -> int:
+    """The seed of a training's ``attempt``-th run: the seed itself first, then one drawn from
+    (seed, attempt), so that restarts are as reproducible as the first run."""
+    return seed if attempt == 0 else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
 
 
 class AverageFromPeak(EMAWeightAveraging):
@@ -199,11 +245,11 @@ def make_loaders(train: EncodedSequences, val: EncodedSequences, config: TrainCo
 
 
 def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence = (),
-                  callbacks: Sequence[Callback] = (), label: str = "train") -> pl.Trainer:
+                  callbacks: Sequence[Callback] = (), label: str = "train", step_offset: int = 0) -> pl.Trainer:
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.accelerator is {config.accelerator!r} but this machine has no visible GPU; "
                          "use 'auto' or 'cpu'")
-    all_callbacks = [*callbacks, StepReport(label)]
+    all_callbacks = [*callbacks, StepReport(label, step_offset=step_offset)]
     if config.ema_decay:
         all_callbacks.append(AverageFromPeak(config.ema_decay, int(config.warmup_frac * config.max_steps)))
     if ckpt_dir is not None:
@@ -225,16 +271,19 @@ def build_trainer(config: TrainConfig, ckpt_dir: Path | None, loggers: Sequence 
 @dataclass
 class TrainResult:
     module: LogicLM
-    time_to_perfect_val_s: float | None
+    time_to_perfect_val_s: float | None  # seconds and steps spent, abandoned runs included
     step_to_perfect_val: int | None
-    steps: int
+    steps: int                           # the kept run's steps
     wall_s: float
     val_exact_match: float
-    history: list[dict[str, float]]
+    history: list[dict[str, float]]      # every run's validations; "step" counts the steps spent
+    seed: int = 0                        # the kept run's seed (restart_seed)
+    restarts: list[dict] = field(default_factory=list)  # per abandoned run: attempt, seed, step, val_exact_match
 
 
-# Settings that change neither the batches nor the updates: the thread count, and when to stop.
-NOT_FINGERPRINTED = ("threads", "stop_on_perfect", "perfect_patience")
+# Settings that change neither the batches nor the updates: the thread count, when to stop, and
+# how many restarts a check may ask for (each run's own seed is fingerprinted).
+NOT_FINGERPRINTED = ("threads", "stop_on_perfect", "perfect_patience", "max_restarts")
 
 
 def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val: EncodedSequences) -> str:
@@ -256,17 +305,20 @@ def run_fingerprint(config: TrainConfig, seed: int, train: EncodedSequences, val
 RUN_FILE = "run.json"
 
 
+def read_run_record(ckpt_dir: Path) -> dict:
+    try:
+        return json.loads((Path(ckpt_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig) -> Path | None:
     """``last.ckpt`` of an unfinished run with this fingerprint, or of one that stopped early at
     ``stopped_at_streak`` perfect validations in a row when ``config`` would train on past that.
     Anything else in ``ckpt_dir`` (a finished run, other settings, other code or data) is cleared
     so training starts afresh."""
     ckpt_dir = Path(ckpt_dir)
-    last, record = ckpt_dir / "last.ckpt", ckpt_dir / RUN_FILE
-    try:
-        state = json.loads(record.read_text())
-    except (OSError, ValueError):
-        state = {}
+    last, state = ckpt_dir / "last.ckpt", read_run_record(ckpt_dir)
     streak = state.get("stopped_at_streak")
     goes_further = (streak is not None and (not config.stop_on_perfect or config.perfect_patience > streak))
     if last.is_file() and state.get("fingerprint") == fingerprint and (not state.get("complete") or goes_further):
@@ -275,7 +327,7 @@ def resumable_checkpoint(ckpt_dir: Path, fingerprint: str, config: TrainConfig) 
         if ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True)
-        record.write_text(json.dumps({"fingerprint": fingerprint, "complete": False}))
+        (ckpt_dir / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": False}))
     return None
 
 
@@ -334,33 +386,72 @@ def train_logic_model(train_frame, val_frame, config: TrainConfig, seed: int, ck
                       data: TrainingData | None = None, label: str = "train") -> TrainResult:
     """Fit a fresh model (or resume an interrupted run with the same fingerprint from
     ``ckpt_dir/last.ckpt``) and return it with its timings. ``data``, the frames already encoded
-    (``TrainingData.from_frames``), saves encoding them again when it suits ``config``."""
+    (``TrainingData.from_frames``), saves encoding them again when it suits ``config``.
+
+    With ``config.query_check_step``, a run that fails the query-reading check is abandoned and
+    training starts again with ``restart_seed(seed, attempt)``; restart ``k`` keeps its checkpoints
+    in ``ckpt_dir/restart<k>`` and an abandoned run's record in its ``run.json``, so an interrupted
+    training resumes in the run it was in."""
     torch.set_num_threads(config.threads or max(1, os.cpu_count() or 1))
-    pl.seed_everything(seed, workers=True, verbose=False)
     if data is None or not data.suits(config):
         data = TrainingData.from_frames(train_frame, val_frame, config)
+    restarts, history, steps_spent, seconds_spent = [], [], 0, 0.0
+    attempts = config.max_restarts + 1 if config.query_check_step else 1
+    for attempt in range(attempts):
+        attempt_seed = restart_seed(seed, attempt)
+        attempt_dir = None if ckpt_dir is None else Path(ckpt_dir) / (f"restart{attempt}" if attempt else "")
+        attempt_label = label if attempt == 0 else f"{label} (restart {attempt}, seed {attempt_seed})"
+        # the last run allowed trains to the end whatever its score
+        result, failed = _fit(config, attempt_seed, data, attempt_dir, loggers, callbacks, attempt_label,
+                              attempt, steps_spent, seconds_spent, check=attempt < attempts - 1)
+        history += result.history
+        if failed is None:
+            break
+        restarts.append({"attempt": attempt, "seed": attempt_seed, **failed})
+        print(f"{label}: validation exact match {failed['val_exact_match']:.4f} at step {failed['step']} is below "
+              f"{config.query_check_min}: the run has not learned to read the query; restarting with seed "
+              f"{restart_seed(seed, attempt + 1)}", flush=True)
+        steps_spent, seconds_spent = steps_spent + failed["step"], result.history[-1]["elapsed_s"]
+    result.history, result.restarts, result.seed = history, restarts, attempt_seed
+    result.wall_s += seconds_spent
+    return result
+
+
+def _fit(config: TrainConfig, seed: int, data: TrainingData, ckpt_dir: Path | None, loggers: Sequence,
+         callbacks: Sequence[Callback], label: str, attempt: int, step_offset: int, time_offset: float,
+         check: bool) -> tuple[TrainResult, dict | None]:
+    """One run of a training: its result, and the query-reading check's failure (or None)."""
     train, val = data.train, data.val
+    fingerprint = run_fingerprint(config, seed, train, val) if ckpt_dir is not None else None
+    record = read_run_record(ckpt_dir) if ckpt_dir is not None else {}
+    if record.get("fingerprint") == fingerprint and record.get("failed_check"):  # abandoned before an interruption
+        return TrainResult(None, None, None, record["failed_check"]["step"], 0.0,
+                           record["failed_check"]["val_exact_match"], record["history"], seed), record["failed_check"]
+    pl.seed_everything(seed, workers=True, verbose=False)
     module = new_logic_module(config, seed, train, val)
-    stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect)
-    trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *callbacks], label)
+    stopper = PerfectAccuracyStop(config.perfect_patience, config.stop_on_perfect, step_offset, time_offset, attempt)
+    check = [QueryReadingCheck(config.query_check_step, config.query_check_min)] if check else []
+    trainer = build_trainer(config, ckpt_dir, loggers, [stopper, *check, *callbacks], label, step_offset)
     train_loader, val_loader = make_loaders(train, val, config, seed, data.groups)
-    resume = None
-    if ckpt_dir is not None:
-        fingerprint = run_fingerprint(config, seed, train, val)
-        resume = resumable_checkpoint(ckpt_dir, fingerprint, config)
+    resume = resumable_checkpoint(ckpt_dir, fingerprint, config) if ckpt_dir is not None else None
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume, weights_only=True if resume else None)
     wall = time.perf_counter() - start
+    failed = check[0].failed if check else None
     stopped_early = config.stop_on_perfect and stopper.streak >= config.perfect_patience
-    if ckpt_dir is not None and (trainer.global_step >= config.max_steps or stopped_early) and trainer.is_global_zero:
+    if ckpt_dir is not None and trainer.is_global_zero and (trainer.global_step >= config.max_steps or stopped_early
+                                                            or failed is not None):
         # a later call with these settings trains afresh, not reloads this; one that trains on past
-        # an early stop (stop_on_perfect=false, a longer patience) resumes it
-        stopped_at = stopper.streak if trainer.global_step < config.max_steps else None
-        (Path(ckpt_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": fingerprint, "complete": True,
-                                                           "stopped_at_streak": stopped_at}))
+        # an early stop (stop_on_perfect=false, a longer patience) resumes it; an abandoned run is
+        # remembered, so that a rerun goes straight to its restart
+        stopped_at = stopper.streak if trainer.global_step < config.max_steps and failed is None else None
+        record = {"fingerprint": fingerprint, "complete": True, "stopped_at_streak": stopped_at}
+        if failed is not None:
+            record.update(failed_check=failed, history=stopper.history)
+        (Path(ckpt_dir) / RUN_FILE).write_text(json.dumps(record))
     score = trainer.callback_metrics.get("val_exact_match")
     return TrainResult(module, stopper.time_to_perfect, stopper.step_to_perfect, trainer.global_step, wall,
-                       float(score) if score is not None else float("nan"), stopper.history)
+                       float(score) if score is not None else float("nan"), stopper.history, seed), failed
 
 
 def export_model(module: LogicLM, out_dir: Path) -> None:

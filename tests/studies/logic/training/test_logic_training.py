@@ -11,7 +11,7 @@ from modules.training.decoding import teacher_forced_exact_match
 from modules.studies.logic.training.evaluate import breakdown, exact_matches
 from modules.training.sequences import encode
 from modules.studies.logic.training.module import LogicLM
-from modules.studies.logic.training.train import TrainConfig, export_model, train_logic_model
+from modules.studies.logic.training.train import TrainConfig, export_model, restart_seed, train_logic_model
 from modules.studies.logic.model import load_checkpoint
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 from tests.studies.logic.training.conftest import TINY
@@ -63,6 +63,63 @@ def test_a_run_killed_between_validations_resumes_with_its_whole_curve(small_spl
     # the checkpoint at step 6 was written after step 6's validation, so the curve keeps it
     assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history] == [3, 6, 9, 12]
     assert [h["val_exact_match"] for h in resumed.history] == [h["val_exact_match"] for h in straight.history]
+    for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_run_that_fails_the_query_check_restarts_as_a_fresh_run_of_the_derived_seed(small_splits, tmp_path):
+    # a minimum of 1.0 fails any tiny run at the check; the last run allowed trains on to the end
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "query_check_step": 6,
+                                      "query_check_min": 1.0, "max_restarts": 1})
+    plain = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3})
+    restarted = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1)
+    fresh = train_logic_model(small_splits["train"], small_splits["val"], plain, seed=restart_seed(1, 1))
+    assert restart_seed(1, 0) == 1 and restart_seed(1, 1) not in (0, 1) and restart_seed(1, 1) == restart_seed(1, 1)
+    assert [(r["attempt"], r["seed"], r["step"]) for r in restarted.restarts] == [(0, 1, 6)]
+    assert restarted.seed == restart_seed(1, 1) and restarted.steps == 12
+    # the curve runs on over the steps spent: the abandoned run's 6, then the restart's 12
+    assert [(h["attempt"], h["step"]) for h in restarted.history] == [(0, 3), (0, 6), (1, 9), (1, 12), (1, 15), (1, 18)]
+    assert [h["val_exact_match"] for h in restarted.history[2:]] == [h["val_exact_match"] for h in fresh.history]
+    for a, b in zip(restarted.module.state_dict().values(), fresh.module.state_dict().values()):
+        assert torch.equal(a, b)
+    # a run that passes the check, or whose schedule ends before it, is untouched by it; a check
+    # between validations is made at the next one
+    for changed in ({"query_check_min": 0.0}, {"query_check_step": 12}, {"query_check_step": 40}):
+        untouched = train_logic_model(small_splits["train"], small_splits["val"], replace(config, **changed),
+                                      seed=restart_seed(1, 1))
+        assert untouched.restarts == [] and [h["step"] for h in untouched.history] == [3, 6, 9, 12]
+        assert all(torch.equal(a, b) for a, b in zip(untouched.module.state_dict().values(),
+                                                      fresh.module.state_dict().values()))
+    late = train_logic_model(small_splits["train"], small_splits["val"], replace(config, query_check_step=4), seed=1)
+    assert [(r["attempt"], r["step"]) for r in late.restarts] == [(0, 6)]
+
+
+def test_an_interrupted_restart_resumes_in_the_restart(small_splits, tmp_path):
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "query_check_step": 6,
+                                      "query_check_min": 1.0, "max_restarts": 2})
+    straight = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2)
+    assert [r["attempt"] for r in straight.restarts] == [0, 1]
+
+    class KillInSecondRestart(__import__("lightning.pytorch").pytorch.Callback):
+        fits = 0
+
+        def on_fit_start(self, trainer, pl_module):
+            type(self).fits += 1
+
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            if type(self).fits == 3 and trainer.global_step == 7:
+                raise KeyboardInterrupt
+
+    with pytest.raises(BaseException):
+        train_logic_model(small_splits["train"], small_splits["val"], config, seed=2, ckpt_dir=tmp_path,
+                          callbacks=[KillInSecondRestart()])
+    assert (tmp_path / "restart2" / "last.ckpt").is_file()
+    KillInSecondRestart.fits = 0
+    resumed = train_logic_model(small_splits["train"], small_splits["val"], config, seed=2, ckpt_dir=tmp_path,
+                                callbacks=[KillInSecondRestart()])
+    assert KillInSecondRestart.fits == 1  # the abandoned runs are read from their records, not retrained
+    assert resumed.restarts == straight.restarts and resumed.seed == restart_seed(2, 2)
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history]
     for a, b in zip(straight.module.state_dict().values(), resumed.module.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -298,6 +355,8 @@ def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmu
     ("source_aux", -0.5, r"logic.train.source_aux must be a number in"),
     ("ema_decay", 1.0, r"logic.train.ema_decay must be a number in \[0.0, 0.999999\], got 1.0"),
     ("activation", "relu6", r"train.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\], got 'relu6'"),
+    ("query_check_step", -1, r"logic.train.query_check_step must be an int in"),
+    ("query_check_min", 1.5, r"logic.train.query_check_min must be a number in \[0.0, 1.0\]"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
