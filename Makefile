@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev site pipeline seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev site pipeline check-retrain seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed $(VENV)/.web-assets data/logic_benchmark.parquet
@@ -44,7 +44,11 @@ data/logic_benchmark.parquet: data.dvc | $(VENV)/.installed
 	  echo "error: data/ rebuilt from its seed does not match data.dvc (generator drift)" >&2; exit 1; }; }
 	touch $@
 
+# Outputs a teammate already pushed to the DVC remote are pulled first, so that `dvc repro` runs only
+# what changed (training is reproducible bit for bit only on the same CPU and thread count: README).
 pipeline: setup
+	@dvc pull -q --allow-missing dvc.yaml data.dvc 2>/dev/null \
+	  || echo "note: could not pull from the DVC remote ($$(dvc remote default)); every changed stage runs here"
 	dvc repro
 	@$(PY) -m pipelines.site --reports reports
 	@echo
@@ -169,6 +173,13 @@ benchmark-real-lm: setup-dev
 # Every pipeline's metrics, one line each (`dvc metrics show` prints one row a file, too wide to read);
 # `make metrics PREFIXES=artifacts/hopping/` for one study.
 PREFIXES ?=
+# Retrain seed 0 on this machine and check it against the committed run: its test exact match must
+# lie inside the committed 95% CI (weights are identical only on the same CPU and thread count).
+check-retrain: setup
+	dvc pull -q --allow-missing dvc.yaml 2>/dev/null || true
+	$(PY) -m pipelines.logic.check_retrain --seed 0 --data artifacts/logic/data \
+	  --benchmark data/logic_benchmark.parquet --committed artifacts/logic
+
 metrics: setup
 	@$(PY) -m modules.core.metrics_summary $(PREFIXES)
 

@@ -257,6 +257,8 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     assert json.loads((project / "artifacts/logic/validation.json").read_text())["success"]
     status = run(["dvc", "status", "dvc.yaml", "data.dvc"], project, env).stdout
     assert "up to date" in status
+    # so a clone that pulls the team's outputs (make pipeline does) retrains nothing
+    assert "Running stage" not in run(["dvc", "repro", "dvc.yaml"], project, env).stdout
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -295,3 +297,27 @@ def test_missing_model_is_a_one_line_error(scratch_project):
     proc = run(["python", "-m", "pipelines.logic.evaluate", "--seed", "0", "--data", "artifacts/logic/data", "--benchmark", "data/logic_benchmark.parquet", "--out", "artifacts/logic"], project, env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: no model at artifacts/logic/models/seed0" in proc.stderr
+
+
+def test_a_retrained_model_is_checked_against_the_committed_run_by_its_score(repro_project, tmp_path):
+    """`make check-retrain`: seed 0 trained again (here with one thread) passes when its test exact
+    match lies inside the committed run's CI, and fails with one line when it does not."""
+    project, env, _ = repro_project
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'check.db'}"}  # the project's runs stay as they are
+    command = ["python", "-m", "pipelines.logic.check_retrain", "--seed", "0", "--data", "artifacts/logic/data",
+               "--benchmark", "data/logic_benchmark.parquet", "--threads", "1"]
+    committed = json.loads((project / "artifacts/logic/metrics/seed0.json").read_text())["test"]
+    proc = run([*command, "--committed", "artifacts/logic"], project, env)
+    assert re.search(rf"seed 0: retrained test exact match [0-9.]+ \(n = 120\), committed "
+                     rf"{committed['exact_match']:.4f} .*: within the committed run's CI", proc.stdout), proc.stdout
+    # a committed run that scored elsewhere: the same retraining now fails the check
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(project / "artifacts/logic/models", elsewhere / "models")
+    (elsewhere / "metrics").mkdir()
+    low = committed["exact_match"] + 0.2 if committed["exact_match"] < 0.7 else committed["exact_match"] - 0.3
+    (elsewhere / "metrics/seed0.json").write_text(json.dumps(
+        {"test": {**committed, "exact_match": low, "ci_low": low - 0.01, "ci_high": low + 0.01}}))
+    proc = run([*command, "--committed", str(elsewhere)], project, env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "scores outside the committed run's CI" in errors[0], proc.stderr[-2000:]

@@ -278,3 +278,32 @@ def write_report(seeds: list[int], data: DataParams, analysis: Path, metrics: Pa
     return write_report_dir(out, render_report(summaries, evaluation, data=data.as_dict(), training=training),
                             {f"seed{seed}": analysis / f"seed{seed}" / "figures" for seed in summaries},
                             study=STUDY, run_name="report", results=[summaries, evaluation])
+
+
+# ---------------------------------------------------------------- reproduction on another machine
+
+def check_retrain(config, seed: int, prompt_end: str, data_dir: Path, benchmark: Path, committed: Path,
+                  scratch: Path) -> dict:
+    """Retrain one seed into ``scratch`` and compare it with the committed run under ``committed``
+    (``models/seed<N>``, ``metrics/seed<N>.json``). Training is bit-reproducible only on the same
+    CPU and thread count, so the check is on what the model scores: the retrained test exact match
+    must lie inside the committed run's 95% CI. Raises ValueError (one line) when it does not."""
+    from modules.core.checksums import sha256_file
+
+    committed_metrics = json.loads(_need(committed / "metrics" / f"seed{seed}.json", f"committed metrics of seed {seed}",
+                                         "evaluate_logic").read_text())["test"]
+    committed_weights = _need(committed / "models" / f"seed{seed}" / "model.safetensors",
+                              f"committed model of seed {seed}", "train_logic")
+    train_seed(config, seed, data_dir, scratch)
+    retrained = evaluate_seed(seed, prompt_end, data_dir, benchmark, scratch)["test"]
+    same_bytes = sha256_file(committed_weights) == sha256_file(scratch / "models" / f"seed{seed}" / "model.safetensors")
+    inside = committed_metrics["ci_low"] <= retrained["exact_match"] <= committed_metrics["ci_high"]
+    outcome = {"seed": seed, "retrained": retrained, "committed": committed_metrics, "same_bytes": same_bytes,
+               "within_ci": inside}
+    line = (f"seed {seed}: retrained test exact match {retrained['exact_match']:.4f} (n = {retrained['n']}), committed "
+            f"{committed_metrics['exact_match']:.4f} (95% CI {committed_metrics['ci_low']:.4f}-"
+            f"{committed_metrics['ci_high']:.4f}); weights {'identical' if same_bytes else 'differ'}")
+    if not inside:
+        raise ValueError(f"{line}: the retrained model scores outside the committed run's CI")
+    outcome["line"] = f"{line}: within the committed run's CI"
+    return outcome
