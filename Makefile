@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev site pipeline check-retrain seeds depth3 shuffled routing lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev site pipeline check-retrain seeds depth3 shuffled routing paper-format lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed $(VENV)/.web-assets data/logic_benchmark.parquet
@@ -99,6 +99,18 @@ ROUTING_PARAMS := $(BASELINE_PARAMS) -S logic.data.depth=2 -S logic.data.traces.
 routing: SEEDS = [1]
 routing: setup
 	dvc exp run -n routing-depth2-$(SEED_NAME) $(ROUTING_PARAMS) -S 'logic.seeds=$(SEEDS)'
+	@$(PY) -m modules.core.metrics_summary artifacts/logic/
+
+# The default recipe with the paper's prompt ending, `... query W answer`: the first proof token is
+# read at `answer`, one position after the query (docs/logic/notebook.md, "The paper's format").
+# PAPER_AUX=0.0 trains without the source head (the auxiliary loss); reports/logic_paper_format[_noaux].
+PAPER_AUX ?= 1.0
+PAPER_PARAMS = -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer \
+  -S 'logic.activations.positions=[-3,-2,-1]' -S logic.train.source_aux=$(PAPER_AUX) \
+  -S logic.report.dir=reports/logic_paper_format$(if $(filter 0 0.0,$(PAPER_AUX)),_noaux,)
+paper-format: SEEDS = [0,1,2]
+paper-format: setup
+	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S 'logic.seeds=$(SEEDS)'
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 
 # Study 1's LLM half at the main job's size on both packaged models: the DVC experiment lms-cpu-both,
