@@ -103,14 +103,13 @@ routing: setup
 
 # The default recipe with the paper's prompt ending, `... query W answer`: the first proof token is
 # read at `answer`, one position after the query (docs/logic/notebook.md, "The paper's format").
-# PAPER_AUX=0.0 trains without the source head (the auxiliary loss); reports/logic_paper_format[_noaux].
+# PAPER_AUX=0.0 trains without the source head (the auxiliary loss); reports/logic_paper_format_aux<PAPER_AUX>.
 PAPER_AUX ?= 1.0
-PAPER_PARAMS = -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer \
-  -S 'logic.activations.positions=[-3,-2,-1]' -S logic.train.source_aux=$(PAPER_AUX) \
-  -S logic.report.dir=reports/logic_paper_format$(if $(filter 0 0.0,$(PAPER_AUX)),_noaux,)
+PAPER_PARAMS := -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer -S 'logic.activations.positions=[-3,-2,-1]'
 paper-format: SEEDS = [0,1,2]
 paper-format: setup
-	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S 'logic.seeds=$(SEEDS)'
+	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S logic.train.source_aux=$(PAPER_AUX) \
+	  -S logic.report.dir=reports/logic_paper_format_aux$(PAPER_AUX) -S 'logic.seeds=$(SEEDS)'
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 
 # Study 1's LLM half at the main job's size on both packaged models: the DVC experiment lms-cpu-both,

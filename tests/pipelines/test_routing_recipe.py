@@ -8,10 +8,12 @@ import shlex
 
 import mlflow
 import pandas as pd
+import yaml
 
 
 from modules.studies.logic.data import read_traces, trace_compact
 from modules.engine.activation_cache import ActivationCache
+from modules.studies.logic.circuit_report import data_sentence
 from tests.pipelines.conftest import ROOT, in_proof_order, make_project, run
 
 TINY = {"logic.data.sizes.train": "400", "logic.data.traces.size": "150", "logic.train.max_steps": "8",
@@ -74,8 +76,10 @@ def test_routing_experiment_trains_on_traces_and_ends_prompts_at_the_query(tmp_p
 def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
     project, env = make_project(tmp_path)
     overrides = makefile_overrides("SHUFFLED_PARAMS", **{**TINY, "logic.data.traces.size": "0"})
-    result = run(["dvc", "exp", "run", "-n", "shuffled-tiny", *overrides, "report_logic"], project, env, timeout=900)
-    assert "Running stage 'report_logic'" in result.stdout
+    # up to the activations: the later stages read them as the routing experiment's do
+    result = run(["dvc", "exp", "run", "-n", "shuffled-tiny", *overrides, "cache_logic_activations"], project, env,
+                 timeout=900)
+    assert "Running stage 'cache_logic_activations@0'" in result.stdout
     data = project / "artifacts/logic/data"
     train, test = pd.read_parquet(data / "train.parquet"), pd.read_parquet(data / "test.parquet")
     assert test.prompt.str.match(r".* query [A-Z] answer$").all()
@@ -89,5 +93,25 @@ def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
     experiment = client.get_experiment_by_name("propositional-logic")
     train_run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train-seed0'")[0]
     assert float(train_run.data.params["source_aux"]) == 0.0 and train_run.data.params["stop_on_perfect"] == "True"
-    report = (project / "reports/logic_shuffled/README.md").read_text()
-    assert "400 depth-3 problems whose prompts end with `query Q answer`" in report
+    params = yaml.safe_load((project / "params.yaml").read_text())["logic"]
+    assert "400 depth-3 problems whose prompts end with `query Q answer`" in data_sentence(params["data"])
+    assert params["report"]["dir"] == "reports/logic_shuffled"
+
+
+def test_paper_format_overrides_name_existing_keys_and_end_prompts_at_answer(tmp_path):
+    """`make paper-format`: the default recipe (proof-ordered rules, query twins, the source head)
+    with prompts ending `query W answer`; every key it sets exists (`-S` would add a new one)."""
+    overrides = makefile_overrides("PAPER_PARAMS", **TINY, **{"logic.data.traces.size": "0"})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in overrides[1::2]:
+        node = params
+        for part in key.split("=", 1)[0].split("."):
+            assert part in node, key
+            node = node[part]
+    project, env = make_project(tmp_path)
+    run(["dvc", "exp", "run", "-n", "paper-tiny", *overrides, "generate_logic"], project, env, timeout=900)
+    train = pd.read_parquet(project / "artifacts/logic/data/train.parquet")
+    assert train.prompt.str.match(r".* query [A-Z] answer$").all()
+    stems = train.prompt.str.replace(r" query .*", "", regex=True).to_numpy()
+    assert (stems[::2] == stems[1::2]).all()  # query twins
+    assert all(in_proof_order(prompt) for prompt in train.prompt)

@@ -1,6 +1,7 @@
 """What each of study 1's pipeline stages does, one function a stage: read inputs, run inside an
 MLflow run of the study's experiment, write outputs atomically. The scripts in pipelines/logic/
-only parse paths and params and call these."""
+only parse paths and params and call these. Great Expectations is imported only by the two
+stages that validate (2-3 s of every other stage's start)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +20,6 @@ from modules.studies.logic.data import (end_compact_prompt, generate_splits, gen
                                         write_traces)
 from modules.studies.logic.data.dataset import generate_flip_pairs
 from modules.studies.logic.params import ActivationParams, BenchmarkParams, DataParams, PairsParams, TuneParams
-from modules.studies.logic.validation import validate_flip_pairs, validate_logic_splits
-from modules.validation import log_report, raise_on_failure
 
 
 def _need(path: Path, what: str, stage: str) -> Path:
@@ -96,6 +95,9 @@ def validate_data(data: DataParams, tolerance: float, benchmark_depth: int, data
                   docs: Path, summary: Path):
     """The Great Expectations suites on every split, the traces (when there are any) and the frozen
     benchmark; raises one line naming the split and expectation on any violation."""
+    from modules.studies.logic.validation import validate_logic_splits
+    from modules.validation import log_report
+
     config, split_params = validation_settings(data, tolerance, benchmark_depth)
     splits = {split: data_dir / f"{split}.parquet" for split in data.sizes}
     splits["benchmark"] = benchmark
@@ -113,6 +115,9 @@ def generate_pairs(config: PairsParams, section: str, run_name: str, out: Path, 
                    exclude: Path | None = None) -> pd.DataFrame:
     """Query-flip pairs (compact for the small model, few-shot natural language for an LLM), never
     reusing a prompt of ``exclude``; a failed GX suite leaves no pairs behind."""
+    from modules.studies.logic.validation import validate_flip_pairs
+    from modules.validation import raise_on_failure
+
     excluded = read_split(exclude)["prompt"].tolist() if exclude else []
     with tracked_run(STUDY, run_name, config.as_dict(), data_paths=[exclude] if exclude else []):
         try:
