@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-dev site pipeline check-retrain seeds depth3 shuffled routing paper-format lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
+.PHONY: setup setup-dev site pipeline check-retrain seeds depth3 shuffled routing paper-format tune-full lms-both llm-full ontology hopping hopping-both hopping-full metrics status mlflow-ui test benchmark-training benchmark-patching benchmark-real-lm mlproject
 .DELETE_ON_ERROR:
 
 setup: $(VENV)/.installed $(VENV)/.web-assets data/logic_benchmark.parquet
@@ -111,6 +111,16 @@ paper-format: setup
 	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S logic.train.source_aux=$(PAPER_AUX) \
 	  -S logic.report.dir=reports/logic_paper_format_aux$(PAPER_AUX) -S 'logic.seeds=$(SEEDS)'
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/
+
+# The tuning study over the real schedule (the main job's tune_logic is a 3-trial smoke run): the
+# steps to the first perfect validation, minimised, failures penalised; Hyperband over optimizer
+# steps from 1,000 to 6,000; each trial a nested MLflow run; Optuna's sqlite storage resumes it, and
+# several `make tune-full` processes on one RDB storage share the study (docs/logic/notebook.md).
+TUNE_TRIALS ?= 24
+tune-full: setup
+	dvc exp run -n tune-steps-$(TUNE_TRIALS) -S logic.tune.objective=steps_to_perfect -S logic.tune.pruner=hyperband \
+	  -S logic.tune.min_steps=1000 -S logic.tune.trial_max_steps=6000 -S logic.tune.n_trials=$(TUNE_TRIALS) tune_logic
+	@cat artifacts/logic/tuning/best_params.yaml
 
 # Study 1's LLM half at the main job's size on both packaged models: the DVC experiment lms-cpu-both,
 # reported in reports/logic_lms_both (about 12 minutes on 2 CPU cores once SmolLM2's stages are cached).

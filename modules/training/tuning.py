@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 import optuna
+from lightning.pytorch.callbacks import Callback
 
 from modules.core.tracking import in_project, tracked_run
 
@@ -44,17 +45,39 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
     return chosen
 
 
-def open_study(name: str, storage: str, seed: int, metric: str, pruner: optuna.pruners.BasePruner | None = None
-               ) -> optuna.Study:
+def open_study(name: str, storage: str, seed: int, metric: str, pruner: optuna.pruners.BasePruner | None = None,
+               direction: str = "maximize") -> optuna.Study:
     """The study ``name`` in ``storage`` (any SQLAlchemy URL; a relative sqlite path is read from the
-    project root), created or resumed with its trials, maximising ``metric`` (the objective's name in
-    the dashboard). The active MLflow run, if any, is tagged with the study's name and storage."""
+    project root), created or resumed with its trials, optimising ``metric`` (the objective's name in
+    the dashboard) in ``direction``. The active MLflow run, if any, is tagged with the study's name and
+    storage."""
     study = optuna.create_study(study_name=name, storage=in_project(storage), load_if_exists=True,
-                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+                                direction=direction, sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     study.set_metric_names([metric])
     if mlflow.active_run() is not None:
         mlflow.set_tags({"optuna_study": name, "optuna_storage": storage})
     return study
+
+
+class StepPruning(Callback):
+    """Report a validation score to an Optuna trial at the optimizer step, and stop the run when the
+    study's pruner says so (``pruned_at`` then holds the step; raise ``optuna.TrialPruned`` after the
+    fit). Optuna's own Lightning callback reports at the epoch: these trainings run one endless epoch,
+    so every report after the first landed on step 0 and was dropped. ``lower_is_better``: report
+    ``1 - score``, for a study that minimises."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, lower_is_better: bool = False):
+        self.trial, self.monitor, self.lower_is_better = trial, monitor, lower_is_better
+        self.pruned_at: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or score is None:
+            return
+        self.trial.report(1.0 - float(score) if self.lower_is_better else float(score), step=trainer.global_step)
+        if self.trial.should_prune():
+            self.pruned_at = trainer.global_step
+            trainer.should_stop = True
 
 
 @contextmanager

@@ -98,6 +98,9 @@ class TuneParams(Section):
     study_name: str = param()
     seed: int = param(range=(0, 2**32 - 1))
     space: dict[str, dict] = param()
+    objective: str = param("val_exact_match", choices=("val_exact_match", "steps_to_perfect"))
+    pruner: str = param("median", choices=("median", "hyperband", "none"))
+    min_steps: int = param(250, range=(1, 10**8))  # Hyperband's smallest budget, in optimizer steps
 
 
 @dataclass(frozen=True)

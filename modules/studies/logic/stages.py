@@ -143,9 +143,10 @@ def tune_training(tune: TuneParams, base, data_dir: Path, out: Path):
     with tracked_run(STUDY, "tune", tune.as_dict(), data_paths=[*training_files(data_dir), val]):
         study = run_study(read_training_rows(data_dir), read_split(val), base, tune.space, n_trials=tune.n_trials,
                           timeout_s=tune.timeout_s, storage=tune.storage, study_name=tune.study_name, seed=tune.seed,
-                          trial_max_steps=tune.trial_max_steps, mlflow_study=STUDY)
+                          trial_max_steps=tune.trial_max_steps, mlflow_study=STUDY, objective=tune.objective,
+                          pruner=tune.pruner, min_steps=tune.min_steps)
         best = {f"logic.train.{k}": v for k, v in study.best_params.items()}
-        mlflow.log_metric("best_val_exact_match", study.best_value)
+        mlflow.log_metric(f"best_{tune.objective}", study.best_value)
         mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
         write_yaml({"study": study.study_name, "best_value": float(study.best_value), "trials": len(study.trials),
                     "params": best}, out)

@@ -118,3 +118,51 @@ def test_bad_timeout_is_rejected(small_splits, tmp_path, timeout_s):
         run_study(small_splits["train"], small_splits["val"], TrainConfig.from_params(TINY), SPACE, n_trials=1,
                   timeout_s=timeout_s, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", seed=0,
                   trial_max_steps=1, mlflow_study="tuning-test")
+
+
+def test_the_steps_objective_minimises_and_reports_every_validation_at_its_step(small_splits, tmp_path, monkeypatch):
+    """steps_to_perfect: a study that minimises; each validation reaches the pruner at its optimizer
+    step (as 1 - exact match), and a trial that never scores perfectly pays the budget and more."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    base = TrainConfig.from_params({**TINY, "val_every": 3})
+    with tracked_run("tuning-test", "tune"):
+        study = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=2, timeout_s=None,
+                          storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", seed=0, trial_max_steps=9,
+                          mlflow_study="tuning-test", objective="steps_to_perfect", pruner="none")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and study.metric_names == ["steps_to_perfect"]
+    for trial in study.trials:
+        assert sorted(trial.intermediate_values) == [3, 6, 9]  # Optuna's own callback reported all at step 0
+        error = trial.intermediate_values[9]
+        assert error > 0 and trial.value == pytest.approx(9 * (1 + error))  # 9 * (2 - last exact match)
+
+
+def test_hyperband_stops_trials_at_validations_within_the_step_budget(small_splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    from modules.studies.logic.training.tune import make_pruner
+
+    pruner = make_pruner("hyperband", 3, 12)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource) == (3, 12)
+    base = TrainConfig.from_params({**TINY, "val_every": 3})
+    with tracked_run("tuning-test", "tune"):
+        study = run_study(small_splits["train"], small_splits["val"], base, SPACE, n_trials=6, timeout_s=None,
+                          storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", seed=0, trial_max_steps=12,
+                          mlflow_study="tuning-test", objective="steps_to_perfect", pruner="hyperband",
+                          min_steps=3)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and optuna.trial.TrialState.COMPLETE in states
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.PRUNED:  # stopped at a validation short of the budget
+            assert max(trial.intermediate_values) < 12 and trial.user_attrs["steps"] == max(trial.intermediate_values)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"objective": "loss"}, r"tune.objective must be one of \['val_exact_match', 'steps_to_perfect'\], got 'loss'"),
+    ({"pruner": "asha"}, r"tune.pruner must be one of \['median', 'hyperband', 'none'\], got 'asha'"),
+    ({"pruner": "hyperband", "min_steps": 50}, r"tune.min_steps must be in \[1, tune.trial_max_steps=4\], got 50"),
+])
+def test_bad_objective_or_pruner_is_rejected(small_splits, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        run_study(small_splits["train"], small_splits["val"], TrainConfig.from_params(TINY), SPACE, n_trials=1,
+                  timeout_s=None, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", seed=0,
+                  trial_max_steps=4, mlflow_study="tuning-test", **change)
