@@ -25,7 +25,7 @@ def gpu_project(lm_dirs, tmp_path, monkeypatch):
                            "licence": "Apache-2.0"}
     hopping = params["hopping"]
     hopping["gpu"]["models"] = [NAME]
-    hopping["evaluate"] |= {"max_queries": 40}
+    hopping["evaluate"] |= {"max_queries": 16}
     hopping["backpatch"] |= {"incorrect_items": 1, "correct_items": 1, "positions": ["t2"],
                              "pairs": [[20, 10], [25, 5]], "controls": ["identity"], "n_boot": 50}
     ontology = params["ontology"]
@@ -46,7 +46,7 @@ def test_a_gpu_model_runs_by_path_through_every_study3_stage_into_its_own_report
     out = root / "artifacts/hopping_gpu" / NAME
     data = root / "artifacts/hopping/data"   # read by the from-scratch model only
     evaluated = stages.evaluate(params, NAME, data, None, out / "evaluate")
-    assert evaluated["queries"] == 40 and evaluated["all"]["subsets"]["incorrect"] >= 1
+    assert evaluated["queries"] == 16 and evaluated["all"]["subsets"]["incorrect"] >= 1
     patched = stages.backpatch(params, NAME, data, None, out / "evaluate", out / "backpatch", out / "backpatch.json")
     assert patched["n_layers"] == 30 and (out / "backpatch.json").is_file()
     report = stages.report(params, root / "artifacts/hopping_gpu", None, root / "reports/hopping_gpu", gpu=True)
