@@ -78,6 +78,45 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, 
     return proc
 
 
+# Runs one stage's main() once per params.yaml text in a single process of the project copy (its
+# imports once, not once a case), each as the stage's `python -m` entry would: run(main) with its
+# argv; what it wrote to stderr, its exit code and whether ``out`` exists afterwards, as JSON.
+_STAGE_VARIANTS = """
+import contextlib, importlib, io, json, sys, traceback
+from pathlib import Path
+from modules.core.stage import run
+module, args, texts, out = json.loads(sys.argv[1])
+main, results = importlib.import_module(module).main, []
+for text in texts:
+    Path("params.yaml").write_text(text)
+    sys.argv, err, code = [module, *args], io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            run(main)
+        except SystemExit as stop:
+            code = stop.code
+        except BaseException:
+            code = -1
+            traceback.print_exc(file=err)
+    results.append({"returncode": code, "stderr": err.getvalue(), "out_exists": Path(out).exists()})
+print(json.dumps(results))
+"""
+
+
+def stage_variants(project: Path, env: dict, module: str, args: list[str], params_texts: list[str],
+                   out: str) -> list[dict]:
+    """Each params.yaml text run through ``module``'s main() (see _STAGE_VARIANTS); params.yaml is
+    left as it was."""
+    import json
+
+    original = (project / "params.yaml").read_text()
+    try:
+        proc = run(["python", "-c", _STAGE_VARIANTS, json.dumps([module, args, params_texts, out])], project, env)
+    finally:
+        (project / "params.yaml").write_text(original)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def make_project(dest: Path, tracking_uri: str | None = None, hardlinks: bool = False,
                  dvc_cache: Path | None = None, **overrides) -> tuple[Path, dict]:
     """Copy the tracked files to ``dest``, commit them in a new git repo, set tiny params.

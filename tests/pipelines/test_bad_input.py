@@ -1,11 +1,12 @@
 """Bad input to the stages, as a new user would give it: one clear line on stderr, exit 1, and no
 output left behind that DVC would take as done."""
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from tests.pipelines.conftest import make_project, run
+from tests.pipelines.conftest import make_project, run, stage_variants
 
 DATA = ["--out", "artifacts/logic/data"]
 TRAIN = ["--seed", "0", "--data", "artifacts/logic/data", "--out", "artifacts/logic"]
@@ -35,16 +36,40 @@ def trained(tmp_path_factory):
     return project, env
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda p: p["logic"]["data"].pop("operators"), "params.yaml logic.data: missing key(s) ['operators']"),
-    (lambda p: p["logic"]["data"].update(sizez=1), "params.yaml logic.data: unknown key(s) ['sizez']"),
-    (lambda p: p["logic"].update(seeds=[-1]), "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0"),
-])
-def test_bad_data_params_are_one_line(tmp_path, edit, expected):
-    project, env = make_project(tmp_path)
-    edit_params(project, edit)
-    one_line_error(run(["python", "-m", "pipelines.logic.generate", *DATA], project, env, check=False), expected)
-    assert not (project / "artifacts/logic/data").exists()
+def _broken_yaml(text: str) -> str:
+    return text.replace("logic:\n", "logic:\n  bad: [1, 2\n", 1)
+
+
+def _edited(edit):
+    def apply(text: str) -> str:
+        params = yaml.safe_load(text)
+        edit(params)
+        return yaml.safe_dump(params, sort_keys=False)
+    return apply
+
+
+BAD_DATA_PARAMS = [
+    (_edited(lambda p: p["logic"]["data"].pop("operators")), "params.yaml logic.data: missing key(s) ['operators']"),
+    (_edited(lambda p: p["logic"]["data"].update(sizez=1)), "params.yaml logic.data: unknown key(s) ['sizez']"),
+    (_edited(lambda p: p["logic"].update(seeds=[-1])), "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0"),
+    (_broken_yaml, "params.yaml: invalid YAML at line"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_data_results(tmp_path_factory):
+    """The generate stage on each of BAD_DATA_PARAMS, in one process of a fresh copy."""
+    project, env = make_project(tmp_path_factory.mktemp("bad-data"))
+    original = (project / "params.yaml").read_text()
+    return stage_variants(project, env, "pipelines.logic.generate", DATA, [change(original) for change, _ in BAD_DATA_PARAMS],
+                          "artifacts/logic/data")
+
+
+@pytest.mark.parametrize("case", range(len(BAD_DATA_PARAMS)), ids=["no-operators", "unknown-key", "bad-seed", "yaml-syntax"])
+def test_bad_data_params_are_one_line(bad_data_results, case):
+    result = bad_data_results[case]
+    one_line_error(SimpleNamespace(**result), BAD_DATA_PARAMS[case][1])
+    assert not result["out_exists"]
 
 
 def test_dropped_recipe_keys_stop_training_instead_of_defaulting(trained):
@@ -56,14 +81,6 @@ def test_dropped_recipe_keys_stop_training_instead_of_defaulting(trained):
         one_line_error(proc, "logic.train: missing key(s) ['source_aux', 'stop_on_perfect']")
     finally:
         (project / "params.yaml").write_text(original)
-
-
-def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
-    project, env = make_project(tmp_path)
-    text = (project / "params.yaml").read_text()
-    (project / "params.yaml").write_text(text.replace("logic:\n", "logic:\n  bad: [1, 2\n", 1))
-    proc = run(["python", "-m", "pipelines.logic.generate", *DATA], project, env, check=False)
-    one_line_error(proc, "params.yaml: invalid YAML at line")
 
 
 def test_a_seed_outside_logic_seeds_is_one_line(trained):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from modules.engine.activation_cache import ActivationCache
 from modules.studies.logic.circuit import PROBE_TARGETS
 from tests.offline_browser import browse
-from tests.pipelines.conftest import in_proof_order, make_project, run
+from tests.pipelines.conftest import in_proof_order, make_project, run, stage_variants
 
 @pytest.fixture(scope="module")
 def scratch_project(tmp_path_factory):
@@ -261,7 +261,7 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     assert "Running stage" not in run(["dvc", "repro", "dvc.yaml"], project, env).stdout
 
 
-@pytest.mark.parametrize("key,value,message", [
+BAD_PARAMS = [
     ("data__depth", -1, "params.yaml logic.data.depth must be an int in [2, 10], got -1"),
     ("data__depth", 12, "params.yaml logic.data.depth must be an int in [2, 10], got 12 (depth 12 needs"),
     ("data__logop_share", 1.5, "params.yaml logic.data.logop_share must be a number in [0, 1], got 1.5"),
@@ -273,22 +273,35 @@ def test_dvc_push_wipe_pull_restores_outputs(repro_project, tmp_path):
     ("seeds", [], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got []"),
     ("seeds", [0, 0], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got [0, 0]"),
     ("seeds", ["a"], "params.yaml logic.seeds must be a non-empty list of distinct ints >= 0, got ['a']"),
-])
-def test_bad_params_fail_with_one_line(scratch_project, key, value, message):
+]
+
+
+@pytest.fixture(scope="module")
+def bad_params_results(scratch_project):
+    """The generate stage on each of BAD_PARAMS (one change at a time), in one process of the copy."""
     project, env, original = scratch_project
-    params = yaml.safe_load(original)
-    *path, name = key.split("__")
-    node = params["logic"]
-    for section in path:
-        node = node[section]
-    node[name] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run(["python", "-m", "pipelines.logic.generate", "--out", "artifacts/logic/data"], project, env, check=False)
-    assert proc.returncode == 1
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert not (project / "artifacts/logic/data").exists()
+    texts = []
+    for key, value, _ in BAD_PARAMS:
+        params = yaml.safe_load(original)
+        *path, name = key.split("__")
+        node = params["logic"]
+        for section in path:
+            node = node[section]
+        node[name] = value
+        texts.append(yaml.safe_dump(params))
+    results = stage_variants(project, env, "pipelines.logic.generate", ["--out", "artifacts/logic/data"], texts,
+                             "artifacts/logic/data")
+    return dict(zip(range(len(BAD_PARAMS)), results))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_PARAMS)), ids=[f"{k}={v}" for k, v, _ in BAD_PARAMS])
+def test_bad_params_fail_with_one_line(bad_params_results, case):
+    result, message = bad_params_results[case], BAD_PARAMS[case][2]
+    assert result["returncode"] == 1
+    lines = [line for line in result["stderr"].splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"]
+    assert not result["out_exists"]
 
 
 def test_missing_model_is_a_one_line_error(scratch_project):
