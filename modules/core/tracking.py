@@ -300,12 +300,22 @@ def log_tensors(tensors: Mapping[str, Any], artifact_file: str) -> None:
 
 def lightning_logger(run: mlflow.ActiveRun):
     """A Lightning MLFlowLogger that writes into an already open run (curves next to params), without
-    Lightning's ``epoch`` metric: the lab trains on step budgets over endless batch streams, one epoch."""
+    Lightning's ``epoch`` metric: the lab trains on step budgets over endless batch streams, one epoch.
+    Hyperparameters add only the keys the run does not hold yet: the run logged its settings when it
+    opened, and a training restarted inside it (a new seed) must not try to change them (MLflow
+    refuses; the restart's seed is tagged instead)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     class StepLogger(MLFlowLogger):
         def log_metrics(self, metrics, step=None):
             super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+        def log_hyperparams(self, params):
+            params = dict(params) if isinstance(params, Mapping) else dict(vars(params))
+            held = self.experiment.get_run(self.run_id).data.params
+            new = {k: v for k, v in params.items() if k not in held}
+            if new:
+                super().log_hyperparams(new)
 
     return StepLogger(tracking_uri=tracking_uri(), run_id=run.info.run_id,
                       experiment_name=mlflow.get_experiment(run.info.experiment_id).name)

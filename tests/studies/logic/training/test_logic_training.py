@@ -94,6 +94,25 @@ def test_a_run_that_fails_the_query_check_restarts_as_a_fresh_run_of_the_derived
     assert [(r["attempt"], r["step"]) for r in late.restarts] == [(0, 6)]
 
 
+def test_a_restart_logs_into_the_same_mlflow_run(small_splits, tmp_path, monkeypatch):
+    """The stage's MLflow run holds the abandoned run's curve and the restart's after it (at the
+    steps spent); the restart's hyperparameters do not try to change the params the run holds."""
+    import mlflow
+
+    from modules.core.tracking import lightning_logger, tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "query_check_step": 6,
+                                      "query_check_min": 1.0, "max_restarts": 1})
+    with tracked_run("restart-test", "train-seed1", {**config.as_dict(), "seed": 1}) as run:
+        result = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1,
+                                   loggers=[lightning_logger(run)])
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run.info.run_id, "val_exact_match")
+    assert [m.step for m in history] == [h["step"] for h in result.history] == [3, 6, 9, 12, 15, 18]
+    params = client.get_run(run.info.run_id).data.params
+    assert params["seed"] == "1" and "n_positions" in params  # the module's own hyperparameters, once
+
+
 def test_an_interrupted_restart_resumes_in_the_restart(small_splits, tmp_path):
     config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "query_check_step": 6,
                                       "query_check_min": 1.0, "max_restarts": 2})
