@@ -115,10 +115,13 @@ def across_seeds(rows: list[list[str]]) -> list[list[str]]:
     """The seed-by-seed claim rows (``quantity, seed N``) grouped by claim: how many seeds give each
     verdict, and every seed's estimate (the text before its CI)."""
     claims: dict[str, dict] = {}
+    above = ""
     for quantity, paper, ours, outcome in rows:
         claim, seed = quantity.rsplit(", seed ", 1)
-        if claim == "same head, LogOp queries":  # belongs to the claim above it
-            claim = f"{list(claims)[-1]}: the same head on LogOp queries"
+        if claim == "same head, LogOp queries":  # the control of the row above it
+            claim = f"{above}: the same head on LogOp queries"
+        else:
+            above = claim
         entry = claims.setdefault(claim, {"paper": paper, "verdicts": [], "values": []})
         entry["verdicts"].append(outcome)
         entry["values"].append(f"{seed}: {ours.split(' (95% CI')[0]}")
