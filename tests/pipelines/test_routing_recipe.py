@@ -101,7 +101,7 @@ def test_shuffled_experiment_writes_the_task_as_the_paper_does(tmp_path):
 def test_paper_format_overrides_name_existing_keys_and_end_prompts_at_answer(tmp_path):
     """`make paper-format`: the default recipe (proof-ordered rules, query twins, the source head)
     with prompts ending `query W answer`; every key it sets exists (`-S` would add a new one)."""
-    overrides = makefile_overrides("PAPER_PARAMS", **TINY, **{"logic.data.traces.size": "0"})
+    overrides = makefile_overrides("PAPER_PARAMS", **{**TINY, "logic.data.traces.size": "0"})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key in overrides[1::2]:
         node = params
