@@ -143,8 +143,9 @@ def seeds_table(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping],
         train, test = training.get(seed, {}), evaluation.get(seed, {}).get("test")
         perfect += bool(test and test["exact_match"] == 1.0)
         restarts = train.get("restarts")
+        checks = ", ".join(train.get("restart_checks", []))
         restart_text = ("n/a" if restarts is None else "0" if not restarts
-                        else f"{restarts} (trained with seed {train['trained_seed']})")
+                        else f"{restarts} ({checks + '; ' if checks else ''}trained with seed {train['trained_seed']})")
         step = train.get("step_to_perfect_val")
         first = ("n/a" if not train else "never" if step is None
                  else f"step {step:,} ({train['time_to_perfect_val_s']:.0f} s)")
@@ -156,7 +157,8 @@ def seeds_table(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping],
                      restart_text, first, heads, kept])
     return ["## Seeds side by side", "",
             f"Test exact match is 100.00% in **{perfect} of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}**. Restarts: runs abandoned by the "
-            "query-reading check (`logic.train.query_check_step`, `query_check_min`); the first perfect "
+            "query-reading check (query: `logic.train.query_check_step`, `query_check_min`) or the stall "
+            "check (perfect: no perfect validation by `logic.train.perfect_check_step`); the first perfect "
             "validation counts the steps and seconds of abandoned runs too.", "",
             *markdown_table(["seed", "test exact match", "restarts", "first perfect validation",
                              "planning circuit (heads a mean-ablation breaks)", "keeping only the circuit keeps"],

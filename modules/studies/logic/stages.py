@@ -169,7 +169,7 @@ def train_seed(config, seed: int, data_dir: Path, out: Path):
         summary = {"seed": seed, "steps": result.steps, "wall_s": result.wall_s,
                    "val_exact_match": result.val_exact_match, "time_to_perfect_val_s": result.time_to_perfect_val_s,
                    "step_to_perfect_val": result.step_to_perfect_val, "restarts": len(result.restarts),
-                   "trained_seed": result.seed}
+                   "restart_checks": [r["check"] for r in result.restarts], "trained_seed": result.seed}
         curve = pd.DataFrame(result.history)
         export_model(result.module, out / "models" / f"seed{seed}")
         log_trained_model(result.module.model, build_logic_tokenizer(), out / "models" / f"seed{seed}", MODEL_NAME)

@@ -90,7 +90,7 @@ def run_study(train_frame, val_frame, base: TrainConfig, space: Mapping[str, Map
     def objective(trial: optuna.Trial) -> float:
         # a trial is judged on its own seed: no restarts (the pruner stops what does not learn)
         config = replace(base, **suggest(trial, space), max_steps=trial_max_steps, stop_on_perfect=True,
-                         query_check_step=0)
+                         query_check_step=0, perfect_check_step=0)
         TrainConfig.from_params(config.as_dict())  # range-check the sampled values
         data = next((d for d in encoded if d.suits(config)), None)
         if data is None:

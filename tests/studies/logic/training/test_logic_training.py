@@ -94,6 +94,21 @@ def test_a_run_that_fails_the_query_check_restarts_as_a_fresh_run_of_the_derived
     assert [(r["attempt"], r["step"]) for r in late.restarts] == [(0, 6)]
 
 
+def test_a_run_without_a_perfect_validation_by_the_stall_check_restarts(small_splits):
+    # the stall check judges the best validation so far: a tiny run never scores 1.0, so it is
+    # abandoned at the first validation from the check's step on; the query check (minimum 0.0)
+    # passes first, and the record names the check that fired
+    config = TrainConfig.from_params({**TINY, "max_steps": 12, "val_every": 3, "query_check_step": 3,
+                                      "query_check_min": 0.0, "perfect_check_step": 7, "max_restarts": 1})
+    stalled = train_logic_model(small_splits["train"], small_splits["val"], config, seed=1)
+    best = max(h["val_exact_match"] for h in stalled.history[:3])
+    assert [(r["check"], r["step"], r["val_exact_match"]) for r in stalled.restarts] == [("perfect", 9, best)]
+    assert stalled.seed == restart_seed(1, 1) and [h["step"] for h in stalled.history] == [3, 6, 9, 12, 15, 18, 21]
+    without = train_logic_model(small_splits["train"], small_splits["val"], replace(config, perfect_check_step=0),
+                                seed=1)
+    assert without.restarts == [] and without.seed == 1
+
+
 def test_a_restart_logs_into_the_same_mlflow_run(small_splits, tmp_path, monkeypatch):
     """The stage's MLflow run holds the abandoned run's curve and the restart's after it (at the
     steps spent); the restart's hyperparameters do not try to change the params the run holds."""
@@ -376,6 +391,7 @@ def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmu
     ("activation", "relu6", r"train.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\], got 'relu6'"),
     ("query_check_step", -1, r"logic.train.query_check_step must be an int in"),
     ("query_check_min", 1.5, r"logic.train.query_check_min must be a number in \[0.0, 1.0\]"),
+    ("perfect_check_step", -5, r"logic.train.perfect_check_step must be an int in"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
