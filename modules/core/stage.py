@@ -36,13 +36,20 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Engine and params errors are ValueErrors; a failed data check is a DataValidationError, which
+    only a stage that imported the validation package (Great Expectations, seconds to import) raises."""
+    validation = sys.modules.get("modules.validation")
+    return (ValueError, FileNotFoundError, *((validation.DataValidationError,) if validation else ()))
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage; expected failures print one line and exit non-zero, without a traceback."""
-    from modules.validation import DataValidationError
-
     try:
         main()
-    except (ValueError, FileNotFoundError, DataValidationError) as error:  # engine and params errors are ValueErrors
+    except Exception as error:
+        if not isinstance(error, _expected_errors()):
+            raise
         print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
