@@ -1,5 +1,6 @@
 """Bad input to the stages, as a new user would give it: one clear line on stderr, exit 1, and no
 output left behind that DVC would take as done."""
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -141,3 +142,22 @@ def test_a_model_without_its_tokenizer_or_with_damaged_weights_is_one_line(train
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     one_line_error(run(wrapped, project, env, check=False), "model.safetensors is corrupted")
+
+
+def test_a_corrupted_dataset_fails_its_checks_with_one_line(trained, tmp_path):
+    """The validate stage on a split whose answers were overwritten: Great Expectations fails it and
+    the stage says so in one line, exit 1 (DVC records nothing); the Data Docs and the summary stay
+    for the user to read what failed."""
+    project, env = trained
+    import pandas as pd
+
+    corrupted = tmp_path / "data"
+    shutil.copytree(project / "artifacts/logic/data", corrupted)
+    test = pd.read_parquet(corrupted / "test.parquet")
+    test.assign(answer="not a proof").to_parquet(corrupted / "test.parquet", index=False)
+    docs, summary = tmp_path / "docs", tmp_path / "validation.json"
+    proc = run(["python", "-m", "pipelines.logic.validate", "--data", str(corrupted), "--benchmark",
+                "data/logic_benchmark.parquet", "--docs", str(docs), "--summary", str(summary)], project, env,
+               check=False)
+    one_line_error(proc, "data validation failed: split 'test' expectation")
+    assert json.loads(summary.read_text())["success"] is False and (docs / "index.html").is_file()
