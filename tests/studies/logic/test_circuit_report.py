@@ -27,9 +27,9 @@ def test_the_seeds_table_counts_perfect_seeds_and_restarts():
     evaluation = {0: {"test": {"exact_match": 1.0, "ci_low": 0.9996, "ci_high": 1.0, "n": 10000}},
                   3: {"test": {"exact_match": 0.75, "ci_low": 0.74, "ci_high": 0.76, "n": 10000}}}
     training = {0: {"restarts": 0, "trained_seed": 0, "step_to_perfect_val": 4500, "time_to_perfect_val_s": 343.2},
-                3: {"restarts": 1, "trained_seed": 457190280, "step_to_perfect_val": None,
-                    "time_to_perfect_val_s": None}}
+                3: {"restarts": 2, "restart_checks": ["perfect", "query"], "trained_seed": 457190280,
+                    "step_to_perfect_val": None, "time_to_perfect_val_s": None}}
     text = "\n".join(seeds_table(seeds, evaluation, training))
     assert "100.00% in **1 of 2 seeds**" in text
     assert "| 0 | 100.00% (95% CI 99.96-100.00%); n = 10,000 | 0 | step 4,500 (343 s) | (0,0) | 1.0% " in text
-    assert "| 3 | 75.00% (95% CI 74.00-76.00%); n = 10,000 | 1 (trained with seed 457190280) | never | none named | n/a |" in text
+    assert "| 3 | 75.00% (95% CI 74.00-76.00%); n = 10,000 | 2 (perfect, query; trained with seed 457190280) | never | none named | n/a |" in text
