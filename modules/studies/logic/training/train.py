@@ -166,7 +166,7 @@ class RestartCheck(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.checked = state["checked"]
-        self.best_score = state.get("best_score", float("-inf"))
+        self.best_score = state["best_score"]  # a checkpoint resumes only under the same code (run_fingerprint)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -182,7 +182,7 @@ class RestartCheck(Callback):
             trainer.should_stop = True
 
 
-def restart_checks(config: "TrainConfig") -> list[RestartCheck]:
+def restart_checks(config: TrainConfig) -> list[RestartCheck]:
     """The checks a run may be abandoned by: it has not learned to read the query by
     ``query_check_step``, or it has had no perfect validation by ``perfect_check_step``."""
     checks = []
