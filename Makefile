@@ -102,13 +102,15 @@ routing: setup
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 
 # The default recipe with the paper's prompt ending, `... query W answer`: the first proof token is
-# read at `answer`, one position after the query (docs/logic/notebook.md, "The paper's format").
-# PAPER_AUX=0.0 trains without the source head (the auxiliary loss); reports/logic_paper_format_aux<PAPER_AUX>.
+# read at `answer`, one position after the query, and the source head also names the query
+# variable's source after layer 2 (what the paper's probe reads there; docs/logic/notebook.md,
+# "The paper's format"). PAPER_AUX=0.0 trains without the head; reports/logic_paper_format_aux<PAPER_AUX>.
 PAPER_AUX ?= 1.0
 PAPER_PARAMS := -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer -S 'logic.activations.positions=[-3,-2,-1]'
 paper-format: SEEDS = [0,1,2]
 paper-format: setup
 	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S logic.train.source_aux=$(PAPER_AUX) \
+	  -S logic.train.source_aux_query=$(if $(filter 0 0.0,$(PAPER_AUX)),false,true) \
 	  -S logic.report.dir=reports/logic_paper_format_aux$(PAPER_AUX) -S 'logic.seeds=$(SEEDS)'
 	@$(PY) -m modules.core.metrics_summary artifacts/logic/
 

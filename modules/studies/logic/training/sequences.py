@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from modules.studies.logic.data.labels import conclusion_sources
 
 
-def conclusion_source_targets(tokenizer, prompts: list[str], labelled: list[bool], width: int) -> torch.Tensor:
+def conclusion_source_targets(tokenizer, prompts: list[str], labelled: list[bool], width: int,
+                              at_query: bool = False) -> torch.Tensor:
     """[n, width] vocabulary ids of ``conclusion_sources`` at the words of each ``labelled`` prompt
-    (words and tokens correspond one to one), -100 everywhere else."""
+    (words and tokens correspond one to one), -100 everywhere else. ``at_query``: the query
+    variable too, with the label of the rule conclusion it names (the linear chain's source for a
+    linear query, the merge operator for a LogOp one: what the paper's layer-2 probe reads there)."""
     vocab = tokenizer.get_vocab()
     rows, positions, labels = [], [], []
     by_rules: dict[str, list[tuple[int, int]]] = {}  # query twins share rules, and so labels
@@ -21,7 +24,13 @@ def conclusion_source_targets(tokenizer, prompts: list[str], labelled: list[bool
             if rules not in by_rules:  # labels sit at rule conclusions, all before `facts`
                 by_rules[rules] = [(position, vocab[label]) for position, label
                                    in enumerate(conclusion_sources(prompt)) if label is not None]
-            for position, label in by_rules[rules]:
+            found = by_rules[rules]
+            if at_query:
+                words = prompt.split()
+                query = words.index("query") + 1
+                named = {words[position]: label for position, label in found}
+                found = [*found, (query, named[words[query]])]
+            for position, label in found:
                 rows.append(row)
                 positions.append(position)
                 labels.append(label)

@@ -49,6 +49,7 @@ class TrainConfig:
     prompt_loss_weight: float = param(0.0, range=(0.0, 100.0))
     source_aux: float = param(0.0, range=(0.0, 100.0))  # weight of the conclusion-source head's loss (LogicLM); 0 = no head
     source_aux_layer: int = param(2, range=(1, 48))  # the residual stream it reads: after this many blocks
+    source_aux_query: bool = param(False)  # the head also names the query variable's source (make paper-format)
     balance_query_chains: bool = param(False)
     shared_prefix: bool = param(True)  # run each prefix that rows of a batch share once (shared_prefix.py)
     batch_size: int = param(128, range=(1, 1 << 16))
@@ -364,7 +365,7 @@ def encode_for_training(tokenizer, train_frame, val_frame, config: TrainConfig
         task_depth = int(val_frame["depth"].iloc[0])
         train.source_targets = conclusion_source_targets(tokenizer, train_frame["prompt"].tolist(),
                                                          (train_frame["depth"] == task_depth).tolist(),
-                                                         train.input_ids.shape[1])
+                                                         train.input_ids.shape[1], at_query=config.source_aux_query)
     return train, val
 
 
@@ -377,6 +378,7 @@ class TrainingData:
     groups: torch.Tensor
     balanced: bool
     source_labels: bool
+    query_labels: bool = False
 
     @classmethod
     def from_frames(cls, train_frame, val_frame, config: TrainConfig) -> "TrainingData":
@@ -386,10 +388,12 @@ class TrainingData:
         groups = rules_and_facts_groups(train_frame)
         if config.shared_prefix:
             train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
-        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux))
+        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux),
+                   bool(config.source_aux) and config.source_aux_query)
 
     def suits(self, config: TrainConfig) -> bool:
         return (self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
+                and self.query_labels == (bool(config.source_aux) and config.source_aux_query)
                 and (self.train.shared_lengths is not None) == config.shared_prefix)
 
 

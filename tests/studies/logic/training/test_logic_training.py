@@ -327,6 +327,27 @@ def test_the_source_head_trains_on_the_task_rows_and_is_left_out_of_the_model(tm
     assert set(load_checkpoint(tmp_path / "model")[0].state_dict()) == set(plain.module.model.state_dict())
 
 
+def test_the_source_head_can_also_name_the_query_variables_source(small_splits):
+    """``source_aux_query``: the query variable gets the label of the conclusion it names, the linear
+    source for a linear query and the merge operator for a LogOp one; training takes it through the
+    shared-prefix pass (query twins differ only there)."""
+    from modules.studies.logic.tokenizer import build_logic_tokenizer
+    from modules.studies.logic.training.sequences import conclusion_source_targets
+    tokenizer = build_logic_tokenizer()
+    vocab = tokenizer.get_vocab()
+    prompts = ["rules R > J . W > X . J > L . V or E > W . facts V 1 R 0 E 0 query L answer",
+               "rules R > J . W > X . J > L . V or E > W . facts V 1 R 0 E 0 query X answer"]
+    plain = conclusion_source_targets(tokenizer, prompts, [True, True], 40)
+    with_query = conclusion_source_targets(tokenizer, prompts, [True, True], 40, at_query=True)
+    query = prompts[0].split().index("query") + 1
+    assert (plain[:, query] == -100).all()
+    assert with_query[:, query].tolist() == [vocab["R"], vocab["or"]]
+    assert torch.equal(with_query[:, :query], plain[:, :query]) and (with_query[:, query + 1:] == -100).all()
+    config = TrainConfig.from_params({**TINY, "max_steps": 6, "source_aux": 1.0, "source_aux_query": True})
+    result = train_logic_model(small_splits["train"], small_splits["val"], config, seed=3)
+    assert result.steps == 6 and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]  # not NaN
+
+
 def test_balanced_batches_repeat_the_rarer_query_chain(small_splits):
     from modules.studies.logic.training.train import balance_query_chains
     train = small_splits["train"]
