@@ -106,7 +106,9 @@ routing: setup
 # variable's source after layer 2 (what the paper's probe reads there; docs/logic/notebook.md,
 # "The paper's format"). PAPER_AUX=0.0 trains without the head; reports/logic_paper_format_aux<PAPER_AUX>.
 PAPER_AUX ?= 1.0
-PAPER_PARAMS := -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer -S 'logic.activations.positions=[-3,-2,-1]'
+# Probes on 5,000 test problems, as the paper's (about 1,000 linear queries for its linear-source probe).
+PAPER_PARAMS := -S logic.data.prompt_end=answer -S logic.pairs.prompt_end=answer -S 'logic.activations.positions=[-3,-2,-1]' \
+  -S logic.activations.n_examples=5000
 paper-format: SEEDS = [0,1,2]
 paper-format: setup
 	dvc exp run -n paper-format-aux$(PAPER_AUX)-$(SEED_NAME) $(PAPER_PARAMS) -S logic.train.source_aux=$(PAPER_AUX) \

@@ -36,7 +36,8 @@ from modules.engine.metrics import mean_with_ci, wilson_ci
 from modules.engine.probes import probe_grid, split_indices
 
 SECTIONS = ("query", "conclusion", "rules", "facts")
-PROBE_TARGETS = ("queried_chain", "linear_source", "logop_value_a", "logop_value_b")
+# linear_source_linear_queries: the paper's probe, on linear-query problems only (-1 labels the rows it skips)
+PROBE_TARGETS = ("queried_chain", "linear_source", "linear_source_linear_queries", "logop_value_a", "logop_value_b")
 
 
 def _ci(entry) -> dict[str, float]:
@@ -196,24 +197,31 @@ def routing_summary(attention: Mapping[str, Tensor], chains: Sequence[str], n_bo
 
 def probe_labels(frame: pd.DataFrame) -> dict[str, Tensor]:
     """Class ids per probe target: queried chain (1 = linear), the linear chain's source letter
-    (A=0 .. Z=25), and the truth value of each LogOp source (as the data's columns name them)."""
-    letters = frame["linear_source"].map(lambda v: ord(v) - ord("A"))
-    return {"queried_chain": torch.tensor((frame["query_chain"] == "linear").to_numpy(), dtype=torch.long),
-            "linear_source": torch.tensor(letters.to_numpy(), dtype=torch.long),
+    (A=0 .. Z=25; on every problem, and on linear-query problems only as the paper probes it, -1
+    elsewhere), and the truth value of each LogOp source (as the data's columns name them)."""
+    letters = torch.tensor(frame["linear_source"].map(lambda v: ord(v) - ord("A")).to_numpy(), dtype=torch.long)
+    linear = torch.tensor((frame["query_chain"] == "linear").to_numpy())
+    return {"queried_chain": linear.long(),
+            "linear_source": letters,
+            "linear_source_linear_queries": torch.where(linear, letters, torch.tensor(-1)),
             "logop_value_a": torch.tensor(frame["logop_value_a"].to_numpy(), dtype=torch.long),
             "logop_value_b": torch.tensor(frame["logop_value_b"].to_numpy(), dtype=torch.long)}
 
 
 def run_probes(activations: Mapping[tuple[int, str], Tensor], labels: Mapping[str, Tensor], epochs: int = 200,
                seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """A linear probe per (target, layer, position): test accuracy with its Wilson CI, and the
-    majority-class rate of the test labels as the floor a probe must beat. Returns the table and
-    the unit directions of the queried-chain probes."""
+    """A linear probe per (target, layer, position), on the rows whose label is not -1: test
+    accuracy with its Wilson CI, and the majority-class rate of the test labels as the floor a probe
+    must beat. Returns the table and the unit directions of the queried-chain probes."""
     tables, directions = [], {}
     for target in PROBE_TARGETS:
-        y = labels[target]
-        grid = probe_grid(activations, y, epochs=epochs, seed=seed)
+        rows = labels[target] >= 0
+        y = labels[target][rows]
         held_out = y[split_indices(y, seed=seed)[1]]  # the split train_probes scores on
+        if not len(held_out):
+            raise StudyError(f"the {target.replace('_', ' ')} probe has {len(y)} problems, too few to hold "
+                             "any out: raise logic.activations.n_examples")
+        grid = probe_grid({site: x[rows] for site, x in activations.items()}, y, epochs=epochs, seed=seed)
         majority = float(torch.bincount(held_out).max()) / len(held_out)
         tables.append(grid.table.assign(target=target, majority=majority))
         if target == "queried_chain" and grid.directions:

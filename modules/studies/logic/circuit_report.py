@@ -84,10 +84,11 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
             rows.append([f"same head, LogOp queries, seed {seed}", f"below {ROUTING_LOGOP:.0%} (to the query)",
                          f"{pct_ci(conclusion['logop'])}; n = {n['logop']}",
                          verdict(conclusion["logop"], ROUTING_LOGOP, above=False)])
-        probe = _probe(summary, "linear_source", routing_layer, "query")
-        if probe is not None:
+        probe = _probe(summary, "linear_source_linear_queries", routing_layer, "query")
+        if probe is not None:  # the paper's probe: linear-query problems only
             entry = {"mean": probe["accuracy"], "ci_low": probe["ci_low"], "ci_high": probe["ci_high"]}
-            rows.append([f"layer-{routing_layer + 1} probe at the query, linear chain's source, seed {seed}",
+            rows.append([f"layer-{routing_layer + 1} probe at the query, linear chain's source (linear queries), "
+                         f"seed {seed}",
                          f"above {PROBE_LINEAR_SOURCE:.0%}",
                          f"{pct_ci(entry)}; n = {probe['n_test']} held out; majority class {probe['majority']:.1%}",
                          verdict(entry, PROBE_LINEAR_SOURCE, above=True)])

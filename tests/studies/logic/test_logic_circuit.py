@@ -184,3 +184,33 @@ def test_routing_layer_out_of_range_is_one_line(planted, copy_task, tmp_path):
     residuals = _residuals(model, tokenizer, test, tmp_path)
     with pytest.raises(StudyError, match=r"routing_layer must be in \[0, 1\], got 5"):
         run_circuit_study(model, tokenizer, test, pairs, residuals, range(len(test)), CircuitConfig(routing_layer=5))
+
+
+def test_the_papers_linear_source_probe_reads_linear_query_problems_only():
+    """The paper probes the linear chain's source on linear-query problems only: LogOp-query rows get
+    -1 and are left out of that probe, whose held-out set is a quarter of the linear rows; a site that
+    encodes the source on linear queries alone reads it there and not over every problem."""
+    from modules.studies.logic.circuit import probe_labels, run_probes
+    test = generate_splits(5, {"test": 400}, depth=3, logop_share=0.5)["test"]
+    labels = probe_labels(test)
+    linear = torch.tensor((test.query_chain == "linear").to_numpy())
+    assert torch.equal(labels["linear_source_linear_queries"] >= 0, linear)
+    assert torch.equal(labels["linear_source_linear_queries"][linear], labels["linear_source"][linear])
+    encoded = torch.nn.functional.one_hot(labels["linear_source"], 26).float() * linear[:, None]
+    noise = torch.randn(len(test), 26, generator=torch.Generator().manual_seed(0)) * 0.01
+    table, _ = run_probes({(0, "query"): encoded + noise}, labels, epochs=150)
+    row = table.set_index("target").loc
+    assert row["linear_source_linear_queries", "n_test"] < 0.3 * int(linear.sum())
+    assert row["linear_source_linear_queries", "accuracy"] > 0.9 > row["linear_source", "accuracy"]
+
+
+def test_a_probe_with_too_few_problems_to_hold_out_is_one_line():
+    from modules.studies.logic.circuit import probe_labels, run_probes
+    test = generate_splits(5, {"test": 40}, depth=3, logop_share=0.5)["test"]
+    labels = probe_labels(test)
+    linear = labels["queried_chain"].bool()
+    first = int(linear.nonzero()[0])
+    labels["linear_source_linear_queries"] = torch.full_like(linear, -1, dtype=torch.long)
+    labels["linear_source_linear_queries"][first] = 3  # one linear problem: none can be held out
+    with pytest.raises(StudyError, match="too few to hold any out: raise logic.activations.n_examples"):
+        run_probes({(0, "query"): torch.randn(len(test), 8)}, labels, epochs=5)
