@@ -92,6 +92,7 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
                          f"above {PROBE_LINEAR_SOURCE:.0%}",
                          f"{pct_ci(entry)}; n = {probe['n_test']} held out; majority class {probe['majority']:.1%}",
                          verdict(entry, PROBE_LINEAR_SOURCE, above=True)])
+        rows += steering_claim(seed, summary.get("steering", {}), routing_layer)
     paper = f"paper ({PAPER.split(',')[0]})"
     lines += ["## Across seeds", "", f"Each of the paper's claims, tested on every seed's model ({len(seeds)} "
               f"seed{'s' if len(seeds) > 1 else ''}; the seed-by-seed rows, with CIs and n, are below):", ""]
@@ -101,7 +102,8 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
               ""]
     lines += markdown_table(["quantity", paper, "ours", "verdict"], rows)
     lines += ["", "A verdict is *reproduced* when our whole CI lies on the paper's side of its threshold, "
-              "*not reproduced* when it lies wholly on the other side, else *inconclusive*."
+              "*not reproduced* when it lies wholly on the other side, else *inconclusive*; for steering the "
+              "threshold is the upper end of the random directions' CI."
               + (" The *adapted* rows apply the paper's routing thresholds to the attention from the query "
                  "variable (the last position here) to the rule that concludes it, the only place the query "
                  "can be looked up; the paper measured attention to the query token itself." if moot else ""), ""]
@@ -110,6 +112,20 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
         lines += _seed_section(seed, summary, figures_dir)
     lines += [f"Source of the paper's claims: {PAPER}.", ""]
     return "\n".join(lines)
+
+
+def steering_claim(seed: int, steering: Mapping, routing_layer: int) -> list[list[str]]:
+    """The paper's causal test of the routing direction as a claim row: the share of solved examples
+    whose first proof token flips when the direction is added (LogOp queries) or subtracted (linear
+    ones), against random directions of its norm; none where steering was not measured."""
+    if "difference_of_means" not in steering or "random" not in steering:
+        return []
+    flip, control = steering["difference_of_means"]["flip"], steering["random"]["flip"]
+    return [[f"steering along the layer-{routing_layer + 1} routing direction flips the first proof token "
+             f"to the other chain's start, seed {seed}",
+             "flips the mode (no figure given; tested against random directions of the same norm)",
+             f"{pct_ci(flip)}; random directions {control['mean']:.1%}; n = {steering['n']}",
+             verdict(flip, control["ci_high"], above=True)]]
 
 
 def across_seeds(rows: list[list[str]]) -> list[list[str]]:
