@@ -12,6 +12,7 @@ from modules.analysis.report import markdown_table, pct_ci, verdict
 from modules.studies.logic.llm_report import PAPER
 
 ROUTING_LINEAR, ROUTING_LOGOP, PROBE_LINEAR_SOURCE = 0.90, 0.05, 0.97
+STEERING_FLIPS = 0.5  # our reading of "the mode flips": most steered examples write the other chain's start
 
 
 def _probe(summary: Mapping, target: str, layer: int, position: str) -> Mapping | None:
@@ -102,8 +103,8 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
               ""]
     lines += markdown_table(["quantity", paper, "ours", "verdict"], rows)
     lines += ["", "A verdict is *reproduced* when our whole CI lies on the paper's side of its threshold, "
-              "*not reproduced* when it lies wholly on the other side, else *inconclusive*; for steering the "
-              "threshold is the upper end of the random directions' CI."
+              "*not reproduced* when it lies wholly on the other side, else *inconclusive*. The paper gives no "
+              f"steering figure: its threshold here, {STEERING_FLIPS:.0%}, is ours."
               + (" The *adapted* rows apply the paper's routing thresholds to the attention from the query "
                  "variable (the last position here) to the rule that concludes it, the only place the query "
                  "can be looked up; the paper measured attention to the query token itself." if moot else ""), ""]
@@ -117,15 +118,16 @@ def render_report(seeds: Mapping[int, Mapping], evaluation: Mapping[int, Mapping
 def steering_claim(seed: int, steering: Mapping, routing_layer: int) -> list[list[str]]:
     """The paper's causal test of the routing direction as a claim row: the share of solved examples
     whose first proof token flips when the direction is added (LogOp queries) or subtracted (linear
-    ones), against random directions of its norm; none where steering was not measured."""
+    ones), with random directions of its norm beside it; none where steering was not measured. The
+    paper gives no figure: "flips the mode" is read as most examples flipping (STEERING_FLIPS)."""
     if "difference_of_means" not in steering or "random" not in steering:
         return []
     flip, control = steering["difference_of_means"]["flip"], steering["random"]["flip"]
     return [[f"steering along the layer-{routing_layer + 1} routing direction flips the first proof token "
              f"to the other chain's start, seed {seed}",
-             "flips the mode (no figure given; tested against random directions of the same norm)",
+             f"flips the mode (no figure given; ours: above {STEERING_FLIPS:.0%})",
              f"{pct_ci(flip)}; random directions {control['mean']:.1%}; n = {steering['n']}",
-             verdict(flip, control["ci_high"], above=True)]]
+             verdict(flip, STEERING_FLIPS, above=True)]]
 
 
 def across_seeds(rows: list[list[str]]) -> list[list[str]]:

@@ -35,15 +35,15 @@ def test_the_seeds_table_counts_perfect_seeds_and_restarts():
     assert "| 3 | 75.00% (95% CI 74.00-76.00%); n = 10,000 | 2 (perfect, query; trained with seed 457190280) | never | none named | n/a |" in text
 
 
-def test_steering_is_a_claim_judged_against_random_directions():
+def test_steering_is_a_claim_with_random_directions_beside_it():
     def entry(mean, low, high):
         return {"mean": mean, "ci_low": low, "ci_high": high}
     random = {"n_directions": 10, "flip": entry(0.003, 0.002, 0.004)}
     strong = {"n": 2000, "difference_of_means": {"flip": entry(0.68, 0.66, 0.70)}, "random": random}
-    weak = {"n": 2000, "difference_of_means": {"flip": entry(0.003, 0.001, 0.006)}, "random": random}
-    none = {"n": 2000, "difference_of_means": {"flip": entry(0.0, 0.0, 0.002)}, "random": random}
+    few = {"n": 2, "difference_of_means": {"flip": entry(0.5, 0.09, 0.91)}, "random": random}
+    none = {"n": 654, "difference_of_means": {"flip": entry(0.0, 0.0, 0.006)}, "random": random}
     [row] = steering_claim(0, strong, 1)
     assert row[0].startswith("steering along the layer-2 routing direction") and row[0].endswith(", seed 0")
     assert row[2] == "68.0% (95% CI 66.0-70.0%); random directions 0.3%; n = 2000" and row[3] == "reproduced"
-    assert steering_claim(1, weak, 1)[0][3] == "inconclusive" and steering_claim(2, none, 1)[0][3] == "not reproduced"
+    assert steering_claim(1, few, 1)[0][3] == "inconclusive" and steering_claim(2, none, 1)[0][3] == "not reproduced"
     assert steering_claim(3, {}, 1) == []  # a model that solved no pair is not steered
