@@ -82,6 +82,8 @@ class TrainConfig:
         if self.source_aux_layer > self.n_layer:
             raise ValueError(f"train.source_aux_layer must be an int in [1, train.n_layer={self.n_layer}], "
                              f"got {self.source_aux_layer!r}")
+        if self.source_aux_query and not self.source_aux:
+            raise ValueError("train.source_aux_query labels the query for the source head: it needs train.source_aux > 0")
         if self.n_embd % self.n_head:
             raise ValueError(f"train.n_embd ({self.n_embd}) must be divisible by train.n_head ({self.n_head})")
 

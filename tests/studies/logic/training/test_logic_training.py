@@ -408,6 +408,7 @@ def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmu
     ("source_aux_layer", 3, r"train.source_aux_layer must be an int in \[1, train.n_layer=2\], got 3"),
     ("source_aux_layer", 1.5, r"logic.train.source_aux_layer must be an int, got 1.5"),
     ("source_aux", -0.5, r"logic.train.source_aux must be a number in"),
+    ("source_aux_query", True, r"train.source_aux_query labels the query for the source head: it needs train.source_aux > 0"),
     ("ema_decay", 1.0, r"logic.train.ema_decay must be a number in \[0.0, 0.999999\], got 1.0"),
     ("activation", "relu6", r"train.activation must be one of \['gelu', 'gelu_new', 'gelu_pytorch_tanh'\], got 'relu6'"),
     ("query_check_step", -1, r"logic.train.query_check_step must be an int in"),
