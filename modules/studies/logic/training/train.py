@@ -390,12 +390,11 @@ class TrainingData:
         groups = rules_and_facts_groups(train_frame)
         if config.shared_prefix:
             train.shared_lengths = shared_prefix_lengths(train.input_ids, train.prompt_lengths, groups)
-        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux),
-                   bool(config.source_aux) and config.source_aux_query)
+        return cls(train, val, groups, config.balance_query_chains, bool(config.source_aux), config.source_aux_query)
 
     def suits(self, config: TrainConfig) -> bool:
         return (self.balanced == config.balance_query_chains and self.source_labels == bool(config.source_aux)
-                and self.query_labels == (bool(config.source_aux) and config.source_aux_query)
+                and self.query_labels == config.source_aux_query
                 and (self.train.shared_lengths is not None) == config.shared_prefix)
 
 
