@@ -11,7 +11,8 @@ from modules.training.decoding import teacher_forced_exact_match
 from modules.studies.logic.training.evaluate import breakdown, exact_matches
 from modules.training.sequences import encode
 from modules.studies.logic.training.module import LogicLM
-from modules.studies.logic.training.train import TrainConfig, export_model, restart_seed, train_logic_model
+from modules.studies.logic.training.train import (RestartCheck, TrainConfig, export_model, restart_checks,
+                                                  restart_seed, train_logic_model)
 from modules.studies.logic.model import load_checkpoint
 from modules.studies.logic.tokenizer import build_logic_tokenizer
 from tests.studies.logic.training.conftest import TINY
@@ -92,6 +93,40 @@ def test_a_run_that_fails_the_query_check_restarts_as_a_fresh_run_of_the_derived
                                                       fresh.module.state_dict().values()))
     late = train_logic_model(small_splits["train"], small_splits["val"], replace(config, query_check_step=4), seed=1)
     assert [(r["attempt"], r["step"]) for r in late.restarts] == [(0, 6)]
+
+
+def judge(check: RestartCheck, curve: dict[int, float], max_steps: int = 100) -> int | None:
+    """Feed a validation curve to a check as Lightning would; the step it stopped the run at."""
+    from types import SimpleNamespace
+    for step, score in curve.items():
+        trainer = SimpleNamespace(sanity_checking=False, global_step=step, max_steps=max_steps,
+                                  callback_metrics={"val_exact_match": torch.tensor(score)}, should_stop=False)
+        check.on_validation_end(trainer, None)
+        if trainer.should_stop:
+            assert check.failed == {"check": check.name, "step": step, "val_exact_match": pytest.approx(score)}
+            return step
+    assert check.failed is None
+    return None
+
+
+def test_a_run_still_rising_at_the_query_check_is_judged_again_at_each_validation():
+    # the shapes of label runs at the check: a late reader still climbing, a crawl, a plateau
+    climbing = {10: 0.50, 20: 0.55, 30: 0.70, 40: 0.78, 50: 0.91, 60: 0.40}
+    plateau = {10: 0.50, 20: 0.80, 30: 0.84, 40: 0.86, 50: 0.85}
+    assert judge(RestartCheck("query", 30, 0.9), climbing) == 30  # no grace: judged once, on its level
+    assert judge(RestartCheck("query", 30, 0.9, rise=0.1, window=20), climbing) is None  # passed at 50
+    assert judge(RestartCheck("query", 30, 0.9, rise=0.1, window=20), plateau) == 40  # rose 0.06 from step 20
+    # a window reaching before the first validation grants no grace
+    assert judge(RestartCheck("query", 30, 0.9, rise=0.1, window=40), climbing) == 30
+    # the state a checkpoint keeps resumes the judgement where it was
+    check = RestartCheck("query", 30, 0.9, rise=0.1, window=20)
+    judge(check, dict(list(climbing.items())[:3]))
+    resumed = RestartCheck("query", 30, 0.9, rise=0.1, window=20)
+    resumed.load_state_dict(check.state_dict())
+    assert judge(resumed, {40: 0.78, 50: 0.79}) == 50  # 0.09 above step 30's 0.70, known from the state
+    config = TrainConfig.from_params({**TINY, "query_check_step": 30, "query_check_rise": 0.1,
+                                      "query_check_window": 20})
+    assert [(c.name, c.rise, c.window) for c in restart_checks(config)] == [("query", 0.1, 20)]
 
 
 def test_a_run_without_a_perfect_validation_by_the_stall_check_restarts(small_splits):
@@ -414,6 +449,8 @@ def test_every_schedule_steps_to_its_end_even_a_one_step_warmup(max_steps, warmu
     ("query_check_step", -1, r"logic.train.query_check_step must be an int in"),
     ("query_check_min", 1.5, r"logic.train.query_check_min must be a number in \[0.0, 1.0\]"),
     ("perfect_check_step", -5, r"logic.train.perfect_check_step must be an int in"),
+    ("query_check_rise", 1.5, r"logic.train.query_check_rise must be a number in \[0.0, 1.0\]"),
+    ("query_check_window", 0, r"logic.train.query_check_window must be an int in"),
 ])
 def test_bad_training_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
