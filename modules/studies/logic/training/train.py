@@ -68,8 +68,8 @@ class TrainConfig:
     query_check_step: int = param(0, range=(0, 10**8))
     query_check_min: float = param(0.9, range=(0.0, 1.0))
     # A run below query_check_min whose validation rose by at least query_check_rise over the last
-    # query_check_window steps is judged again at its next validation: label runs that go on to read
-    # the query still sat at 0.82-0.90 at step 3,000 (notebook, "sixteenth session"). 0: no grace.
+    # query_check_window steps is judged again at its next validation. 0: no grace. Tried on four
+    # paper-format runs abandoned while rising: it rescued none (notebook, "sixteenth session").
     query_check_rise: float = param(0.0, range=(0.0, 1.0))
     query_check_window: int = param(1000, range=(1, 10**8))
     # The stall check: a run with no perfect validation by perfect_check_step reads the query but
@@ -165,7 +165,6 @@ class RestartCheck(Callback):
         self.name, self.step, self.minimum, self.best = name, step, minimum, best
         self.rise, self.window = rise, window
         self.checked = False
-        self.best_score = float("-inf")
         self.scores: list[tuple[int, float]] = []  # (step, score) of every validation so far
         self.failed: dict | None = None
 
@@ -174,11 +173,10 @@ class RestartCheck(Callback):
         return self._generate_state_key(name=self.name)
 
     def state_dict(self) -> dict:
-        return {"checked": self.checked, "best_score": self.best_score, "scores": self.scores}
+        return {"checked": self.checked, "scores": self.scores}
 
     def load_state_dict(self, state: dict) -> None:
-        self.checked = state["checked"]
-        self.best_score = state["best_score"]  # a checkpoint resumes only under the same code (run_fingerprint)
+        self.checked = state["checked"]  # a checkpoint resumes only under the same code (run_fingerprint)
         self.scores = [tuple(pair) for pair in state["scores"]]
 
     def risen(self, step: int, score: float) -> float | None:
@@ -192,12 +190,11 @@ class RestartCheck(Callback):
             return
         score = float(trainer.callback_metrics["val_exact_match"])
         step = trainer.global_step
-        self.best_score = max(self.best_score, score)
         rise = self.risen(step, score)
         self.scores.append((step, score))
         if self.checked or step < self.step or step >= trainer.max_steps:
             return
-        judged = self.best_score if self.best else score
+        judged = max(past for _, past in self.scores) if self.best else score
         if judged >= self.minimum:
             self.checked = True
         elif not (self.rise and rise is not None and rise >= self.rise):
