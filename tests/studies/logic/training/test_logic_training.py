@@ -110,7 +110,7 @@ def judge(check: RestartCheck, curve: dict[int, float], max_steps: int = 100) ->
 
 
 def test_a_run_still_rising_at_the_query_check_is_judged_again_at_each_validation():
-    # the shapes of label runs at the check: a late reader still climbing, a crawl, a plateau
+    # the shapes of label runs at the check: a late reader still climbing, and a plateau
     climbing = {10: 0.50, 20: 0.55, 30: 0.70, 40: 0.78, 50: 0.91, 60: 0.40}
     plateau = {10: 0.50, 20: 0.80, 30: 0.84, 40: 0.86, 50: 0.85}
     assert judge(RestartCheck("query", 30, 0.9), climbing) == 30  # no grace: judged once, on its level
